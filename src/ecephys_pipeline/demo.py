@@ -1,0 +1,127 @@
+"""The offline demo's services: a synthetic dataset and the fake warehouse serving it.
+
+The workflow calls :func:`start` from its ``onstart`` handler and :func:`stop` from
+``onsuccess``/``onerror``. The server runs as a separate process on a free loopback port; its
+address is written to ``<run_dir>/url`` where the jobs read it (``sources.base_url``), so the
+port never appears in a rule's params and never triggers a rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+URL_FILE = "url"
+PID_FILE = "pid"
+LOG_FILE = "fake_warehouse.log"
+
+
+def run_dir(dataset_dir: str | Path) -> Path:
+    return Path(dataset_dir).parent
+
+
+def url_file(dataset_dir: str | Path) -> Path:
+    return run_dir(dataset_dir) / URL_FILE
+
+
+def ensure_dataset(dataset_dir: str | Path, *, seed: int, sessions: int, realistic: bool) -> Path:
+    """Generate the synthetic dataset once; regenerate only if its parameters changed."""
+    from . import synth
+
+    dataset_dir = Path(dataset_dir)
+    marker = dataset_dir / "dataset.json"
+    wanted = {"seed": seed, "sessions": sessions, "realistic": realistic}
+    if marker.exists():
+        have = json.loads(marker.read_text())
+        if {k: have.get("demo", {}).get(k) for k in wanted} == wanted:
+            return dataset_dir
+    tmp = dataset_dir.with_name(dataset_dir.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    if realistic:
+        synth.make_dataset(tmp, seed=seed, realistic=True, files="lazy")
+    else:
+        synth.make_dataset(tmp, seed=seed, sessions=sessions)
+    info = json.loads((tmp / "dataset.json").read_text())
+    info["demo"] = wanted
+    (tmp / "dataset.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    if dataset_dir.exists():
+        import shutil
+
+        shutil.rmtree(dataset_dir)
+    os.replace(tmp, dataset_dir)
+    return dataset_dir
+
+
+def start(dataset_dir: str | Path, *, timeout: float = 60.0) -> str:
+    """Start the fake warehouse for ``dataset_dir`` on a free loopback port; return its URL."""
+    stop(dataset_dir)
+    rdir = run_dir(dataset_dir)
+    rdir.mkdir(parents=True, exist_ok=True)
+    url_path = url_file(dataset_dir)
+    url_path.unlink(missing_ok=True)
+    log = open(rdir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child process
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ecephys_pipeline.fake_warehouse",
+            "--data",
+            str(dataset_dir),
+            "--port",
+            "0",
+            "--port-file",
+            str(url_path),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    (rdir / PID_FILE).write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if url_path.exists() and url_path.read_text().strip():
+            return url_path.read_text().strip()
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"the fake warehouse exited with code {proc.returncode} before it was ready; "
+                f"see {rdir / LOG_FILE}"
+            )
+        time.sleep(0.05)
+    stop(dataset_dir)
+    raise RuntimeError(f"the fake warehouse did not start within {timeout} s; see {rdir / LOG_FILE}")
+
+
+def stop(dataset_dir: str | Path, *, timeout: float = 10.0) -> None:
+    """Stop the fake warehouse started by :func:`start` (by PID), if it is running."""
+    rdir = run_dir(dataset_dir)
+    pid_path = rdir / PID_FILE
+    if not pid_path.exists():
+        return
+    pid = int(pid_path.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                finished, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not our child: poll its existence instead
+                os.kill(pid, 0)
+                finished = 0
+            if finished:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    pid_path.unlink(missing_ok=True)
+    url_file(dataset_dir).unlink(missing_ok=True)

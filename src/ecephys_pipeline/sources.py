@@ -1,0 +1,122 @@
+"""Where bytes come from: the Allen warehouse (RMA), the public S3 bucket over HTTPS, or a local
+AllenSDK cache directory (a workshop drive, the bucket mounted on a cloud machine).
+
+All three give the same files under the same relative paths (AllenSDK's cache layout):
+``sessions.csv`` ... ``units.csv``, ``session_<sid>/session_<sid>.nwb`` and
+``session_<sid>/probe_<pid>_lfp.nwb``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pandas as pd
+import requests
+
+from . import demo, metadata, rma
+
+S3_PREFIX = "visual-coding-neuropixels/ecephys-cache"
+KINDS = ("warehouse", "s3", "local")
+
+
+class SourceError(RuntimeError):
+    """The source does not have what was asked for, or is not configured right."""
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str
+    url: str
+
+    @classmethod
+    def from_config(cls, config: dict) -> Source:
+        """The configured source; in the demo, the fake warehouse's address of this run."""
+        src = config["source"]
+        kind, url = src.get("kind", "warehouse"), src.get("url", "")
+        if kind not in KINDS:
+            raise SourceError(f"source.kind {kind!r} is not one of {', '.join(KINDS)}")
+        demo_cfg = config.get("demo") or {}
+        if demo_cfg.get("enabled"):
+            url_path = demo.url_file(demo_cfg.get("dataset_dir", "resources/fake_warehouse/dataset"))
+            if not url_path.exists():
+                raise SourceError(
+                    f"the demo's fake warehouse is not running ({url_path} is missing); it is "
+                    "started by the workflow's onstart handler: run the whole workflow with "
+                    "snakemake, not a single job with --allowed-rules"
+                )
+            url = url_path.read_text().strip()
+            if kind == "local":
+                url = str(Path(demo_cfg.get("dataset_dir")) / "files")
+        return cls(kind=kind, url=url.rstrip("/"))
+
+
+def relative_path(session_id: int, probe_id: int | None = None) -> str:
+    """A file's path inside the cache (and inside the bucket prefix)."""
+    if probe_id is None:
+        return f"session_{int(session_id)}/session_{int(session_id)}.nwb"
+    return f"session_{int(session_id)}/probe_{int(probe_id)}_lfp.nwb"
+
+
+def s3_url(base_url: str, key: str) -> str:
+    return f"{base_url}/{S3_PREFIX}/{quote(key)}"
+
+
+def fetch_table(source: Source, table: str, *, policy: rma.RetryPolicy | None = None):
+    """One of the four metadata tables as AllenSDK's cache holds it."""
+    if table not in metadata.PROCESSORS:
+        raise SourceError(f"unknown table {table!r}; expected one of {', '.join(rma.TABLES)}")
+    if source.kind == "warehouse":
+        return metadata.fetch_table(table, source.url, policy=policy)
+    if source.kind == "local":
+        path = Path(source.url) / f"{table}.csv"
+        if not path.exists():
+            raise SourceError(f"{path} does not exist: source.url must be an AllenSDK cache dir")
+        return metadata.read_table(path)
+    policy = policy or rma.RetryPolicy()
+    url = s3_url(source.url, f"{table}.csv")
+    last = None
+    for attempt in range(policy.attempts):
+        try:
+            response = requests.get(url, timeout=(policy.connect_timeout, policy.read_timeout))
+        except requests.RequestException as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            if response.status_code == 200:
+                return pd.read_csv(io.BytesIO(response.content), index_col="id")
+            last = f"HTTP {response.status_code}"
+            if response.status_code < 500 and response.status_code not in (408, 429):
+                break
+        if attempt + 1 < policy.attempts:
+            policy.sleep(attempt)
+    raise SourceError(f"could not fetch {url}: {last}")
+
+
+def nwb_url(
+    source: Source,
+    session_id: int,
+    probe_id: int | None = None,
+    *,
+    policy: rma.RetryPolicy | None = None,
+) -> str:
+    """Where a session NWB (``probe_id=None``) or a probe's LFP NWB is fetched from."""
+    key = relative_path(session_id, probe_id)
+    if source.kind == "s3":
+        return s3_url(source.url, key)
+    if source.kind == "local":
+        return (Path(source.url) / key).resolve().as_uri()
+    if probe_id is None:
+        query, what = rma.session_nwb_query(session_id), f"session {session_id}"
+    else:
+        query, what = rma.probe_lfp_query(probe_id), f"probe {probe_id}"
+    rows = rma.fetch_rows(source.url, query, policy=policy)
+    if len(rows) != 1:
+        raise SourceError(
+            f"expected exactly one NWB file for {what} in the warehouse, found {len(rows)}"
+            + ("; this probe has no LFP file (has_lfp_data is false)" if probe_id and not rows else "")
+        )
+    # AllenSDK requests f"{scheme}://{host}/{download_link}" and download_link starts with "/",
+    # so the real service sees a double slash; we send exactly the same request.
+    return f"{source.url}/{rows[0]['download_link']}"

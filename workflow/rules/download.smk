@@ -1,0 +1,65 @@
+# NWB outputs are update(): Snakemake must never delete a downloaded (or adopted) 2 GB file
+# before rerunning a job; the download script adopts what is already there and verified.
+
+
+rule download_session_nwb:
+    output:
+        nwb=update(f"{CACHE}/session_{{session_id}}/session_{{session_id}}.nwb"),
+        record=update(f"{CACHE}/session_{{session_id}}/session_{{session_id}}.nwb.download.json"),
+    log:
+        "logs/download/session_{session_id}.log",
+    params:
+        source=source_config(),
+        options=download_options(),
+    resources:
+        downloads=1,
+        mem_mb=512,
+        runtime=240,
+    retries: 1
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/download_nwb.py"
+
+
+rule download_lfp_nwb:
+    output:
+        nwb=update(f"{CACHE}/session_{{session_id}}/probe_{{probe_id}}_lfp.nwb"),
+        record=update(f"{CACHE}/session_{{session_id}}/probe_{{probe_id}}_lfp.nwb.download.json"),
+    log:
+        "logs/download/session_{session_id}_probe_{probe_id}_lfp.log",
+    params:
+        source=source_config(),
+        options=download_options(),
+    resources:
+        downloads=1,
+        mem_mb=512,
+        runtime=240,
+    retries: 1
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/download_nwb.py"
+
+
+rule write_lock:
+    input:
+        records=download_records,
+        manifest=f"{CACHE}/manifest.json",
+    output:
+        lock="results/ecephys.lock.json",
+    log:
+        "logs/download/write_lock.log",
+    params:
+        cache_dir=CACHE,
+    resources:
+        mem_mb=256,
+        runtime=5,
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/write_lock.py"
+
+
+localrules:
+    write_lock,

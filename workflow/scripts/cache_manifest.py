@@ -1,0 +1,6 @@
+from pathlib import Path
+
+from ecephys_pipeline import logs, metadata
+
+logs.to_file(snakemake.log[0])
+metadata.write_cache_manifest(Path(snakemake.output.manifest).parent)
