@@ -97,7 +97,9 @@ def start(dataset_dir: str | Path, *, timeout: float = 60.0) -> str:
             )
         time.sleep(0.05)
     stop(dataset_dir)
-    raise RuntimeError(f"the fake warehouse did not start within {timeout} s; see {rdir / LOG_FILE}")
+    raise RuntimeError(
+        f"the fake warehouse did not start within {timeout} s; see {rdir / LOG_FILE}"
+    )
 
 
 def stop(dataset_dir: str | Path, *, timeout: float = 10.0) -> None:

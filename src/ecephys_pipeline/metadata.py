@@ -49,7 +49,7 @@ def cache_manifest() -> dict:
 
 
 def infer_column_types(df: pd.DataFrame) -> pd.DataFrame:
-    """AllenSDK's ``infer_column_types``: literal-eval every cell of a column, keep it if any fails."""
+    """AllenSDK's ``infer_column_types``: literal-eval each column's cells; keep it if one fails."""
     df = df.copy()
     for column in df.columns:
         try:

@@ -40,7 +40,8 @@ class Source:
             raise SourceError(f"source.kind {kind!r} is not one of {', '.join(KINDS)}")
         demo_cfg = config.get("demo") or {}
         if demo_cfg.get("enabled"):
-            url_path = demo.url_file(demo_cfg.get("dataset_dir", "resources/fake_warehouse/dataset"))
+            dataset_dir = demo_cfg.get("dataset_dir", "resources/fake_warehouse/dataset")
+            url_path = demo.url_file(dataset_dir)
             if not url_path.exists():
                 raise SourceError(
                     f"the demo's fake warehouse is not running ({url_path} is missing); it is "
@@ -49,7 +50,7 @@ class Source:
                 )
             url = url_path.read_text().strip()
             if kind == "local":
-                url = str(Path(demo_cfg.get("dataset_dir")) / "files")
+                url = str(Path(dataset_dir) / "files")
         return cls(kind=kind, url=url.rstrip("/"))
 
 
@@ -113,9 +114,10 @@ def nwb_url(
         query, what = rma.probe_lfp_query(probe_id), f"probe {probe_id}"
     rows = rma.fetch_rows(source.url, query, policy=policy)
     if len(rows) != 1:
+        hint = "; this probe has no LFP file (has_lfp_data is false)" if probe_id else ""
         raise SourceError(
             f"expected exactly one NWB file for {what} in the warehouse, found {len(rows)}"
-            + ("; this probe has no LFP file (has_lfp_data is false)" if probe_id and not rows else "")
+            + (hint if not rows else "")
         )
     # AllenSDK requests f"{scheme}://{host}/{download_link}" and download_link starts with "/",
     # so the real service sees a double slash; we send exactly the same request.
