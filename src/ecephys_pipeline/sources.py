@@ -122,3 +122,89 @@ def nwb_url(
     # AllenSDK requests f"{scheme}://{host}/{download_link}" and download_link starts with "/",
     # so the real service sees a double slash; we send exactly the same request.
     return f"{source.url}/{rows[0]['download_link']}"
+
+
+def _copy_local(src: Path, dest: Path, *, expected: dict | None, verify_hdf5: bool):
+    """Copy a file from a local AllenSDK cache with the guarantees of a download: hashed in the
+    same pass, compared with ``expected``, opened as HDF5, then renamed into place."""
+    import hashlib
+    import os
+
+    from . import download
+
+    if not src.exists():
+        raise SourceError(f"{src} does not exist in the local source")
+    part = download.part_path(dest)
+    digest, size = hashlib.sha256(), 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as fin, open(part, "wb") as fout:
+        while chunk := fin.read(download.CHUNK):
+            digest.update(chunk)
+            fout.write(chunk)
+            size += len(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+    sha = digest.hexdigest()
+    problems = download._mismatches(size, sha, expected or {})
+    if not problems and verify_hdf5:
+        problem = download._hdf5_problem(part)
+        if problem:
+            problems.append(f"{src} {problem}")
+    if problems:
+        aside = download.set_aside(part, sha, "mismatch")
+        raise download.ChecksumMismatchError(
+            f"{src} was not copied to {dest}: {'; '.join(problems)}; the copy is at {aside}"
+        )
+    os.replace(part, dest)
+    record = download.DownloadRecord(
+        path=os.path.abspath(dest), size=size, sha256=sha, url=src.resolve().as_uri()
+    )
+    download._write_record(dest, record)
+    return record
+
+
+def fetch_nwb(
+    source: Source,
+    dest: str | Path,
+    session_id: int,
+    probe_id: int | None = None,
+    *,
+    cache_dir: str | Path,
+    lock_file: str | Path | None = None,
+    options: dict | None = None,
+):
+    """Put one NWB file at ``dest``, verified and recorded; adopt it if it is already there.
+
+    ``options`` are the config's ``download`` section. With ``lock_file`` the bytes must match
+    that lock file's entry, whether downloaded now or already present.
+    """
+    from . import download
+
+    dest = Path(dest)
+    options = options or {}
+    expected = None
+    if lock_file:
+        lock = download.read_lock(lock_file)
+        expected = download.expected_for(dest, lock, cache_dir=cache_dir)
+        if expected is None:
+            raise download.LockMismatchError(
+                f"{relative_path(session_id, probe_id)} is not in the lock file {lock_file}: "
+                "the selection asks for a file the pinned run did not have; remove lock_file "
+                "from the config to accept new files"
+            )
+    verify_hdf5 = options.get("verify_hdf5", True)
+    if source.kind == "local":
+        src = Path(source.url) / relative_path(session_id, probe_id)
+        if dest.exists():
+            return download.adopt_existing(dest, expected, verify_hdf5=verify_hdf5)
+        return _copy_local(src, dest, expected=expected, verify_hdf5=verify_hdf5)
+    url = nwb_url(source, session_id, probe_id)
+    return download.download_file(
+        url,
+        dest,
+        expected=expected,
+        read_timeout=options.get("read_timeout_s", 60),
+        max_attempts=options.get("max_attempts", 8),
+        connections=options.get("connections_per_file", 1),
+        verify_hdf5=verify_hdf5,
+    )

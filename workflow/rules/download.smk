@@ -11,6 +11,8 @@ rule download_session_nwb:
     params:
         source=source_config(),
         options=download_options(),
+        cache_dir=CACHE,
+        lock_file=config["lock_file"],
     resources:
         downloads=1,
         mem_mb=512,
@@ -31,6 +33,8 @@ rule download_lfp_nwb:
     params:
         source=source_config(),
         options=download_options(),
+        cache_dir=CACHE,
+        lock_file=config["lock_file"],
     resources:
         downloads=1,
         mem_mb=512,

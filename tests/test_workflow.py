@@ -1,0 +1,124 @@
+"""End to end: the real `snakemake` on the demo config, offline, in a fresh directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "envs", "profiles")
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+pytestmark = pytest.mark.e2e
+
+
+def copy_workflow(dest: Path) -> Path:
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name)
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [*SNAKEMAKE, "--cores", "2", "--configfile", "config/demo.yaml", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        logs = "\n".join(
+            f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log"))
+        )
+        pytest.fail(f"snakemake failed ({proc.returncode}):\n{proc.stderr[-6000:]}\n{logs}")
+    return proc
+
+
+def nwb_spikes(path: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Every unit's spike times and amplitudes straight from the HDF5 datasets."""
+    with h5py.File(path, "r") as f:
+        ids = f["units/id"][:]
+        index = f["units/spike_times_index"][:].astype(np.int64)
+        times = f["units/spike_times"][:]
+        amps = f["units/spike_amplitudes"][:]
+    starts = np.concatenate([[0], index[:-1]])
+    return {int(u): (times[a:b], amps[a:b]) for u, a, b in zip(ids, starts, index, strict=True)}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("demo"))
+    # every unit, so that every unit of every NWB can be compared with the Parquet
+    spec = workdir / "config" / "all_units.yaml"
+    spec.write_text(
+        "unit_filters:\n  quality: null\n  amplitude_cutoff_maximum: null\n"
+        "  presence_ratio_minimum: null\n  isi_violations_maximum: null\n"
+        "  filter_by_validity: false\n  filter_out_of_brain_units: false\n"
+    )
+    first = run_snakemake(workdir, "--config", f"selection={spec.relative_to(workdir)}")
+    return workdir, first
+
+
+def test_demo_produces_every_output(demo_run):
+    workdir, _ = demo_run
+    selection = json.loads((workdir / "results/selection/selection.json").read_text())
+    assert len(selection["sessions"]) >= 2
+    lock = json.loads((workdir / "results/ecephys.lock.json").read_text())
+    cache = workdir / "resources/allen_cache"
+    for table in ("sessions", "probes", "channels", "units"):
+        assert (cache / f"{table}.csv").exists()
+    assert json.loads((cache / "manifest.json").read_text())["manifest"][0]["value"] == "0.3.0"
+    for session in selection["sessions"]:
+        sid = session["session_id"]
+        nwb = cache / f"session_{sid}/session_{sid}.nwb"
+        entry = lock["files"][f"session_{sid}/session_{sid}.nwb"]
+        assert entry["sha256"] == hashlib.sha256(nwb.read_bytes()).hexdigest()
+        for probe in session["probes"]:
+            lfp = cache / f"session_{sid}/probe_{probe['probe_id']}_lfp.nwb"
+            assert lfp.exists() == probe["download_lfp"]
+            spikes = workdir / "results/parquet/spikes" / f"session_id={sid}"
+            assert (spikes / f"probe_id={probe['probe_id']}" / "part-0.parquet").exists()
+    assert not list(cache.rglob("*.part")), "no partial download left behind"
+
+
+def test_every_spike_time_equals_the_nwb(demo_run):
+    workdir, _ = demo_run
+    cache = workdir / "resources/allen_cache"
+    checked = 0
+    for nwb in sorted(cache.glob("session_*/session_*.nwb")):
+        sid = int(nwb.stem.split("_")[1])
+        expected = nwb_spikes(nwb)
+        table = pq.read_table(workdir / f"results/parquet/spikes/session_id={sid}").to_pandas()
+        assert table["spike_time"].dtype == np.float64
+        assert set(table["unit_id"].unique()) <= set(expected)
+        units = pd.read_parquet(workdir / f"results/parquet/units/session_id={sid}")
+        assert set(units["unit_id"]) == set(expected), "every unit of the NWB is extracted"
+        for unit_id, group in table.groupby("unit_id", sort=True):
+            times, amps = expected[int(unit_id)]
+            assert np.array_equal(group["spike_time"].to_numpy(), times)
+            assert np.array_equal(group["spike_amplitude"].to_numpy(), amps)
+            checked += 1
+        no_spikes = {u for u, (t, _) in expected.items() if len(t) == 0}
+        assert set(table["unit_id"].unique()) | no_spikes == set(expected)
+    assert checked > 0
+
+
+def test_second_run_has_nothing_to_do(demo_run):
+    workdir, _ = demo_run
+    spec = "config/all_units.yaml"
+    again = run_snakemake(workdir, "--config", f"selection={spec}")
+    assert "Nothing to be done" in again.stderr + again.stdout

@@ -1,0 +1,13 @@
+from ecephys_pipeline import logs, sources
+
+logs.to_file(snakemake.log[0])
+probe_id = snakemake.wildcards.get("probe_id")
+sources.fetch_nwb(
+    sources.Source.from_config(snakemake.params.source),
+    snakemake.output.nwb,
+    int(snakemake.wildcards.session_id),
+    int(probe_id) if probe_id else None,
+    cache_dir=snakemake.params.cache_dir,
+    lock_file=snakemake.params.lock_file,
+    options=snakemake.params.options,
+)

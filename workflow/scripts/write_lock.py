@@ -1,0 +1,10 @@
+import json
+
+from ecephys_pipeline import download, logs
+
+logs.to_file(snakemake.log[0])
+records = []
+for path in snakemake.input.records:
+    with open(path) as handle:
+        records.append(json.load(handle))
+download.write_lock(records, snakemake.output.lock, cache_dir=snakemake.params.cache_dir)
