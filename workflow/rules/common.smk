@@ -90,11 +90,17 @@ def parquet_outputs(session_id):
     return files + [f"results/parquet/spikes/session_id={session_id}"]
 
 
+def all_parquet_outputs(wildcards):
+    return [f for s in selected_sessions() for f in parquet_outputs(s["session_id"])]
+
+
 def get_final_output(wildcards):
-    outputs = ["results/ecephys.lock.json", "results/selection/selection.json"]
-    for session in selected_sessions():
-        outputs += parquet_outputs(session["session_id"])
-    return outputs
+    return [
+        "results/ecephys.lock.json",
+        "results/manifest.json",
+        f"{CACHE}/manifest.json",
+        *all_parquet_outputs(wildcards),
+    ]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,3 +19,28 @@ rule extract_session:
         "../../envs/pipeline.yaml"
     script:
         "../scripts/extract_session.py"
+
+
+rule write_manifest:
+    input:
+        lock="results/ecephys.lock.json",
+        selection="results/selection/selection.json",
+        parquet=all_parquet_outputs,
+    output:
+        manifest="results/manifest.json",
+    log:
+        "logs/extract/write_manifest.log",
+    params:
+        config=config,
+        spec=SPEC,
+    resources:
+        mem_mb=512,
+        runtime=10,
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/write_manifest.py"
+
+
+localrules:
+    write_manifest,

@@ -4,8 +4,13 @@ checkpoint select_sessions:
         spec=config["selection"],
     output:
         selection="results/selection/selection.json",
+        plan="results/selection/plan.json",
     log:
         "logs/select/select_sessions.log",
+    params:
+        source=source_config(),
+        cache_dir=CACHE,
+        preflight=config["download"]["preflight"],
     resources:
         mem_mb=4096,
         runtime=10,

@@ -1,8 +1,24 @@
+import json
+import logging
 from pathlib import Path
 
-from ecephys_pipeline import logs, selection
+from ecephys_pipeline import logs, plan, selection, sources
 
 logs.to_file(snakemake.log[0])
 spec = selection.load_spec(snakemake.input.spec)
 tables = selection.load_tables(Path(snakemake.input.tables[0]).parent)
-selection.resolve(spec, tables).to_json(snakemake.output.selection)
+chosen = selection.resolve(spec, tables)
+chosen.to_json(snakemake.output.selection)
+resolved = json.loads(Path(snakemake.output.selection).read_text())
+if snakemake.params.preflight:
+    source = sources.Source.from_config(snakemake.params.source)
+    the_plan = plan.make_plan(resolved, source, snakemake.params.cache_dir)
+    logging.info("plan:\n%s", the_plan.summary(resolved))
+    try:
+        plan.check_space(the_plan)
+    except Exception:
+        Path(snakemake.output.selection).unlink()  # no selection, no download
+        raise
+    the_plan.to_json(snakemake.output.plan)
+else:
+    Path(snakemake.output.plan).write_text('{"preflight": false}\n')

@@ -1,0 +1,129 @@
+"""The plan of a run, before any byte moves: which files, how many bytes, and whether they fit.
+
+For every file of a selection (session NWB, LFP NWB where fetched) it records the source URL, the
+remote size (one HEAD each, several at a time), and what is already on disk (a finished file, or
+the bytes of a ``.part`` that will be resumed), then compares the bytes still to fetch with the
+free space of the cache directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import download, metadata, sources
+
+
+@dataclass
+class PlannedFile:
+    path: str  # relative to the cache dir
+    session_id: int
+    probe_id: int | None
+    url: str
+    size: int | None
+    present: int  # bytes already on disk (finished file or resumable .part)
+
+
+@dataclass
+class Plan:
+    cache_dir: str
+    files: list[PlannedFile]
+    free_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size or 0 for f in self.files)
+
+    @property
+    def present_bytes(self) -> int:
+        return sum(f.present for f in self.files)
+
+    @property
+    def to_fetch_bytes(self) -> int:
+        return sum(max((f.size or 0) - f.present, 0) for f in self.files)
+
+    def summary(self, selection: dict) -> str:
+        n_probes = sum(len(s["probes"]) for s in selection["sessions"])
+        n_lfp = sum(f.probe_id is not None for f in self.files)
+        unknown = sum(f.size is None for f in self.files)
+        lines = [
+            f"sessions: {len(selection['sessions'])}",
+            f"probes: {n_probes} ({n_lfp} LFP files to fetch)",
+            f"files: {len(self.files)}" + (f" ({unknown} of unknown size)" if unknown else ""),
+            f"bytes in total: {_gb(self.total_bytes)}",
+            f"bytes already present: {_gb(self.present_bytes)}",
+            f"bytes to download: {_gb(self.to_fetch_bytes)}",
+            f"free space in {self.cache_dir}: {_gb(self.free_bytes)}",
+        ]
+        return "\n".join(lines)
+
+    def to_json(self, path: str | Path) -> None:
+        doc = {
+            "cache_dir": self.cache_dir,
+            "total_bytes": self.total_bytes,
+            "present_bytes": self.present_bytes,
+            "to_fetch_bytes": self.to_fetch_bytes,
+            "files": [asdict(f) for f in self.files],
+        }
+        # free space changes from run to run: it is logged, not written into the artifact
+        metadata.atomic_write_text(Path(path), json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:,.2f} GB ({n:,} bytes)"
+
+
+def planned_files(selection: dict) -> list[tuple[int, int | None]]:
+    """(session_id, probe_id or None) for every file of the selection."""
+    out: list[tuple[int, int | None]] = []
+    for session in selection["sessions"]:
+        out.append((session["session_id"], None))
+        sid = session["session_id"]
+        out += [(sid, p["probe_id"]) for p in session["probes"] if p["download_lfp"]]
+    return out
+
+
+def _present(dest: Path, size: int | None) -> int:
+    if dest.exists():
+        return dest.stat().st_size
+    part = download.part_path(dest)
+    if part.exists() and size is not None:
+        return min(part.stat().st_size, size)
+    return 0
+
+
+def make_plan(
+    selection: dict, source: sources.Source, cache_dir: str | Path, *, workers: int = 8
+) -> Plan:
+    cache_dir = Path(cache_dir)
+
+    def one(item: tuple[int, int | None]) -> PlannedFile:
+        session_id, probe_id = item
+        rel = sources.relative_path(session_id, probe_id)
+        dest = cache_dir / rel
+        url = sources.nwb_url(source, session_id, probe_id)
+        if source.kind == "local":
+            src = Path(source.url) / rel
+            size = src.stat().st_size if src.exists() else None
+        elif dest.exists():
+            size = dest.stat().st_size  # adopted or finished: no request needed
+        else:
+            size = download.remote_size(url)
+        return PlannedFile(rel, session_id, probe_id, url, size, _present(dest, size))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        files = list(pool.map(one, planned_files(selection)))
+    where = cache_dir if cache_dir.exists() else download._existing_ancestor(cache_dir)
+    return Plan(str(cache_dir), files, shutil.disk_usage(where).free)
+
+
+def check_space(plan: Plan, *, reserve_bytes: int = 1 << 30) -> None:
+    """Refuse a plan that does not fit, before any byte is fetched."""
+    download.check_free_space(
+        [(Path(plan.cache_dir) / f.path, f.size) for f in plan.files],
+        plan.cache_dir,
+        reserve_bytes=reserve_bytes,
+    )
