@@ -1,0 +1,831 @@
+"""Selection spec (YAML) -> the sessions and probes to download, with per-filter counts.
+
+The spec language is documented in ``config/README.md`` ("Selection spec") and validated by
+``workflow/schemas/selection.schema.yaml``. The session and probe tables the filters run on
+reproduce AllenSDK 2.16 ``EcephysProjectCache.get_session_table()`` / ``get_probes()``
+(``allensdk/brain_observatory/ecephys/ecephys_project_cache.py``) from the four cache CSVs:
+
+* every table is inner-joined up the chain units -> channels -> probes -> sessions, so a row
+  whose parent is missing is not counted;
+* ``unit_count`` counts units that pass the unit filters (AllenSDK's defaults: amplitude_cutoff
+  <= 0.1, presence_ratio >= 0.95, isi_violations <= 0.5, quality == "good"; all inclusive; a
+  threshold switched off becomes +/-inf, so a unit with a NaN metric is still dropped, as in
+  AllenSDK);
+* ``ecephys_structure_acronyms`` lists the structures of a session's channels in order of first
+  appearance, NaN (out of brain) included.
+
+Public API: :func:`load_tables`, :func:`session_table`, :func:`probe_table`, :func:`load_spec`,
+:func:`resolve` -> :class:`Selection` (``.to_json(path)`` writes the contract artifact, see
+``docs/architecture.md`` section 3), :class:`SpecError`, :class:`SelectionError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import difflib
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+TABLES = ("sessions", "probes", "channels", "units")
+
+#: AllenSDK's default unit filters (``allensdk.brain_observatory.ecephys.UNIT_FILTER_DEFAULTS``
+#: plus ``filter_by_validity=True`` -> ``quality == "good"``), spelled as the spec spells them.
+DEFAULT_UNIT_FILTERS: dict[str, Any] = {
+    "quality": "good",
+    "amplitude_cutoff_maximum": 0.1,
+    "presence_ratio_minimum": 0.95,
+    "isi_violations_maximum": 0.5,
+    "filter_by_validity": True,
+    "filter_out_of_brain_units": True,
+}
+
+# Columns AllenSDK drops from its tables (EcephysProjectCache.SUPPRESS_FROM_*).
+SUPPRESS_FROM_SESSION_TABLE = ("has_nwb", "isi_experiment_id", "date_of_acquisition")
+SUPPRESS_FROM_PROBES = (
+    "air_channel_index",
+    "surface_channel_index",
+    "date_of_acquisition",
+    "published_at",
+    "specimen_id",
+    "session_type",
+    "isi_experiment_id",
+    "age_in_days",
+    "sex",
+    "genotype",
+    "has_nwb",
+    "lfp_temporal_subsampling_factor",
+)
+
+_REQUIRED_COLUMNS = {
+    "sessions": ("session_type",),
+    "probes": ("ecephys_session_id", "name"),
+    "channels": ("ecephys_probe_id", "ecephys_structure_acronym"),
+    "units": ("ecephys_channel_id", "amplitude_cutoff", "presence_ratio", "isi_violations"),
+}
+
+
+def _find_schema() -> Path:
+    env = os.environ.get("ECEPHYS_SELECTION_SCHEMA")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    candidates = [
+        here.parents[2] / "workflow" / "schemas" / "selection.schema.yaml",  # source tree
+        here.parent / "schemas" / "selection.schema.yaml",  # installed package data
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    return candidates[0]
+
+
+SCHEMA_PATH = _find_schema()
+
+
+class SpecError(ValueError):
+    """The selection spec is invalid. ``problems`` holds one message per problem."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        where = f" ({source})" if source else ""
+        n = len(self.problems)
+        head = f"selection spec{where} has {n} problem{'s' if n != 1 else ''}:"
+        super().__init__("\n".join([head] + [f"  - {p}" for p in self.problems]))
+
+
+class SelectionError(RuntimeError):
+    """The spec is valid but selects no session. ``counts`` holds the per-filter counts."""
+
+    def __init__(self, message: str, counts: list[dict[str, Any]]):
+        self.counts = counts
+        super().__init__(message)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def load_tables(cache_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """Read ``sessions.csv``, ``probes.csv``, ``channels.csv``, ``units.csv`` from ``cache_dir``.
+
+    Read exactly as AllenSDK reads its cache (``pd.read_csv(path, index_col="id")``).
+    """
+    cache_dir = Path(cache_dir)
+    missing = [f"{t}.csv" for t in TABLES if not (cache_dir / f"{t}.csv").is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"metadata table(s) {', '.join(missing)} not found in {cache_dir}; "
+            "run the fetch_metadata step (or point cache_dir at an AllenSDK cache directory)"
+        )
+    tables = {t: pd.read_csv(cache_dir / f"{t}.csv", index_col="id") for t in TABLES}
+    check_tables(tables)
+    return tables
+
+
+def check_tables(tables: Mapping[str, pd.DataFrame]) -> None:
+    """Raise ValueError naming the table and column if a table cannot be used."""
+    problems = []
+    for name in TABLES:
+        if name not in tables:
+            problems.append(f"table '{name}' is missing")
+            continue
+        df = tables[name]
+        for col in _REQUIRED_COLUMNS[name]:
+            if col not in df.columns:
+                problems.append(f"{name}.csv has no column '{col}'")
+        if df.index.has_duplicates:
+            dup = df.index[df.index.duplicated()][:5].tolist()
+            problems.append(f"{name}.csv has duplicate ids, e.g. {dup}")
+    if problems:
+        raise ValueError("unusable metadata tables: " + "; ".join(problems))
+
+
+def _unit_filter_value(filters: Mapping[str, Any], key: str) -> float:
+    missing = {
+        "amplitude_cutoff_maximum": np.inf,
+        "presence_ratio_minimum": -np.inf,
+        "isi_violations_maximum": np.inf,
+    }[key]
+    value = filters.get(key, DEFAULT_UNIT_FILTERS[key])
+    return missing if value is None else float(value)
+
+
+def filter_units(
+    units: pd.DataFrame, unit_filters: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
+    """AllenSDK ``EcephysProjectCache._get_units`` filtering with the spec's unit_filters."""
+    uf = {**DEFAULT_UNIT_FILTERS, **(unit_filters or {})}
+    mask = (
+        (units["amplitude_cutoff"] <= _unit_filter_value(uf, "amplitude_cutoff_maximum"))
+        & (units["presence_ratio"] >= _unit_filter_value(uf, "presence_ratio_minimum"))
+        & (units["isi_violations"] <= _unit_filter_value(uf, "isi_violations_maximum"))
+    )
+    if uf["quality"] is not None and "quality" in units.columns:
+        mask &= units["quality"] == uf["quality"]
+    # AllenSDK applies this only when the units table itself carries a structure id; units.csv
+    # does not, so it never changes cache-level counts (extraction applies it per NWB).
+    if uf["filter_out_of_brain_units"] and "ecephys_structure_id" in units.columns:
+        mask &= units["ecephys_structure_id"].notna()
+    return units[mask.to_numpy(dtype=bool)]
+
+
+@dataclass(frozen=True)
+class _Annotated:
+    probes: pd.DataFrame  # probes whose session exists; column ecephys_session_id
+    channels: pd.DataFrame  # channels whose probe is annotated; + ecephys_session_id
+    units: pd.DataFrame  # filtered units whose channel is annotated; + probe and session ids
+
+
+def _annotate(tables: Mapping[str, pd.DataFrame], unit_filters) -> _Annotated:
+    sessions, probes = tables["sessions"], tables["probes"]
+    channels, units = tables["channels"], tables["units"]
+    probes_a = probes[probes["ecephys_session_id"].isin(sessions.index)]
+    ch = channels[channels["ecephys_probe_id"].isin(probes_a.index)]
+    ch = ch.assign(ecephys_session_id=ch["ecephys_probe_id"].map(probes_a["ecephys_session_id"]))
+    u = filter_units(units, unit_filters)
+    u = u[u["ecephys_channel_id"].isin(ch.index)]
+    u = u.assign(
+        ecephys_probe_id=u["ecephys_channel_id"].map(ch["ecephys_probe_id"]),
+        ecephys_session_id=u["ecephys_channel_id"].map(ch["ecephys_session_id"]),
+    )
+    return _Annotated(probes_a, ch, u)
+
+
+def _count(index: pd.Index, keys: pd.Series) -> pd.Series:
+    counts = keys.value_counts()
+    return counts.reindex(index, fill_value=0).astype("int64")
+
+
+def _grouped_uniques(index: pd.Index, channels: pd.DataFrame, key: str) -> pd.Series:
+    firsts = channels[[key, "ecephys_structure_acronym"]].drop_duplicates()
+    lists = firsts.groupby(key, sort=False)["ecephys_structure_acronym"].agg(list)
+    out = pd.Series([[] for _ in range(len(index))], index=index, dtype=object)
+    common = lists.index.intersection(index)
+    out.loc[common] = lists.loc[common]
+    return out
+
+
+def session_table(
+    tables: Mapping[str, pd.DataFrame], unit_filters: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
+    """``EcephysProjectCache.get_session_table()`` from the four tables.
+
+    Columns: the sessions.csv columns minus has_nwb / isi_experiment_id / date_of_acquisition,
+    ``genotype`` renamed ``full_genotype``, then unit_count, channel_count, probe_count and
+    ecephys_structure_acronyms (a list per session; NaN marks out-of-brain channels). A session
+    without channels gets ``[]`` where AllenSDK would put ``0``.
+    """
+    ann = _annotate(tables, unit_filters)
+    sessions = tables["sessions"].copy()
+    idx = sessions.index
+    sessions["unit_count"] = _count(idx, ann.units["ecephys_session_id"])
+    sessions["channel_count"] = _count(idx, ann.channels["ecephys_session_id"])
+    sessions["probe_count"] = _count(idx, ann.probes["ecephys_session_id"])
+    sessions["ecephys_structure_acronyms"] = _grouped_uniques(
+        idx, ann.channels, "ecephys_session_id"
+    )
+    sessions = sessions.drop(columns=list(SUPPRESS_FROM_SESSION_TABLE), errors="ignore")
+    return sessions.rename(columns={"genotype": "full_genotype"})
+
+
+def probe_table(
+    tables: Mapping[str, pd.DataFrame], unit_filters: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
+    """``EcephysProjectCache.get_probes()`` from the four tables.
+
+    Columns: the probes.csv columns (lfp_sampling_rate divided by
+    lfp_temporal_subsampling_factor if present), then unit_count, channel_count and
+    ecephys_structure_acronyms. Probes whose session is not in sessions.csv are left out.
+    """
+    ann = _annotate(tables, unit_filters)
+    sessions = tables["sessions"]
+    probes = ann.probes.copy()
+    if {"lfp_sampling_rate", "lfp_temporal_subsampling_factor"} <= set(probes.columns):
+        probes["lfp_sampling_rate"] = (
+            probes["lfp_sampling_rate"] / probes["lfp_temporal_subsampling_factor"]
+        )
+    extra = [c for c in sessions.columns if c not in probes.columns]
+    probes = probes.join(sessions[extra], on="ecephys_session_id")
+    idx = probes.index
+    probes["unit_count"] = _count(idx, ann.units["ecephys_probe_id"])
+    probes["channel_count"] = _count(idx, ann.channels["ecephys_probe_id"])
+    probes["ecephys_structure_acronyms"] = _grouped_uniques(idx, ann.channels, "ecephys_probe_id")
+    return probes.drop(columns=list(SUPPRESS_FROM_PROBES), errors="ignore")
+
+
+# --------------------------------------------------------------------------- spec loading
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _resolve_ref(schema: dict, root: dict) -> dict:
+    """Merge a ``$ref``'d definition with the sibling keywords of the referring schema."""
+    ref = schema.get("$ref")
+    if not ref:
+        return schema
+    target: Any = root
+    for part in ref.removeprefix("#/").split("/"):
+        target = target[part]
+    merged = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return merged
+
+
+def _fill_defaults(value: Any, schema: dict, root: dict) -> Any:
+    schema = _resolve_ref(schema, root)
+    if not isinstance(value, dict) or "properties" not in schema:
+        return value
+    out = dict(value)
+    for key, sub in schema["properties"].items():
+        sub_r = _resolve_ref(sub, root)
+        if key not in out and "default" in sub_r:
+            out[key] = copy.deepcopy(sub_r["default"])
+        if key in out:
+            out[key] = _fill_defaults(out[key], sub_r, root)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """YAML dates -> ISO strings, tuples -> lists (so the spec is JSON)."""
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k) if not isinstance(k, str) else k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _loc(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "mapping"
+    return type(value).__name__
+
+
+_TYPE_WORDS = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "number": "a number",
+    "integer": "an integer",
+    "boolean": "true/false",
+    "null": "null",
+}
+
+
+def _schema_errors(spec: dict, schema: dict) -> list[str]:
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(schema)
+    problems: list[str] = []
+    errors = sorted(validator.iter_errors(spec), key=lambda e: (list(e.absolute_path), e.message))
+    for err in errors:
+        loc = _loc(err.absolute_path)
+        sub = _resolve_ref(err.schema, schema) if isinstance(err.schema, dict) else {}
+        desc = sub.get("description", "")
+        if err.validator == "additionalProperties":
+            allowed = sorted(sub.get("properties", {}))
+            extra = sorted(set(err.instance) - set(allowed))
+            where = "at the top level" if not err.absolute_path else f"under '{loc}'"
+            for key in extra:
+                close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                problems.append(
+                    f"unknown key '{key}' {where}{hint} (valid keys: {', '.join(allowed)})"
+                )
+        elif err.validator == "type":
+            types = (
+                err.validator_value
+                if isinstance(err.validator_value, list)
+                else [err.validator_value]
+            )
+            words = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
+            allowed = ""
+            if "enum" in sub:
+                allowed = f"; allowed values: {', '.join(map(str, sub['enum']))}"
+            what = f" ({desc.strip()})" if desc else ""
+            problems.append(
+                f"'{loc}' must be {words}, got {_type_name(err.instance)} "
+                f"{json.dumps(err.instance, default=str)}{allowed}{what}"
+            )
+        elif err.validator == "enum":
+            close = difflib.get_close_matches(str(err.instance), map(str, err.validator_value), 1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            problems.append(
+                f"'{loc}' is {json.dumps(err.instance)}, not an allowed value{hint} "
+                f"(allowed: {', '.join(map(str, err.validator_value))})"
+            )
+        elif err.validator in ("minimum", "exclusiveMinimum"):
+            problems.append(f"'{loc}' must be >= {err.validator_value}, got {err.instance}")
+        elif err.validator == "minItems":
+            problems.append(
+                f"'{loc}' must not be an empty list (use null, or leave the key out, for 'any')"
+            )
+        elif err.validator == "uniqueItems":
+            problems.append(f"'{loc}' lists the same value more than once: {err.instance}")
+        elif err.validator == "minLength":
+            problems.append(f"'{loc}' must not be an empty string")
+        else:  # pragma: no cover - every keyword the schema uses is handled above
+            problems.append(f"'{loc}': {err.message}")
+    return problems
+
+
+def _semantic_errors(spec: dict) -> list[str]:
+    """Checks the schema cannot express (they need no metadata tables)."""
+    problems = []
+    for key in ("age_in_days", "unit_count", "channel_count", "probe_count"):
+        r = spec.get(key)
+        if not isinstance(r, dict):
+            continue
+        lo = [(k, r[k]) for k in ("min", "gt") if r.get(k) is not None]
+        hi = [(k, r[k]) for k in ("max", "lt") if r.get(k) is not None]
+        if not lo and not hi:
+            problems.append(f"'{key}' gives no bound; set min/max/gt/lt, or use null for 'any'")
+        for lk, lv in lo:
+            for hk, hv in hi:
+                if lv > hv or (lv == hv and (lk == "gt" or hk == "lt")):
+                    problems.append(f"'{key}' can never match: {lk} {lv} and {hk} {hv}")
+    pub = spec.get("published_at")
+    bounds = {"": pub} if isinstance(pub, str) else (pub or {})
+    parsed = {}
+    for k, v in bounds.items():
+        if v is None:
+            continue
+        try:
+            parsed[k] = pd.Timestamp(v)
+        except (ValueError, TypeError):
+            name = f"published_at.{k}" if k else "published_at"
+            problems.append(
+                f"'{name}' is {v!r}, not an ISO 8601 date or timestamp "
+                "(e.g. 2019-10-03 or 2019-10-03T00:00:00Z)"
+            )
+    if isinstance(pub, dict) and not any(v is not None for v in pub.values()):
+        problems.append("'published_at' gives no bound; set min/max, or use null for 'any'")
+    if "min" in parsed and "max" in parsed and _utc(parsed["min"]) > _utc(parsed["max"]):
+        problems.append(f"'published_at' can never match: min {pub['min']} > max {pub['max']}")
+    for key in ("sex", "genotype"):
+        f = spec.get(key)
+        if isinstance(f, dict):
+            if all(f.get(k) is None for k in ("equals", "contains", "matches")):
+                problems.append(
+                    f"'{key}' gives no condition; set equals/contains/matches, or use null"
+                )
+            if f.get("matches") is not None:
+                try:
+                    re.compile(f["matches"])
+                except re.error as exc:
+                    problems.append(f"'{key}.matches' is not a valid regular expression: {exc}")
+    ids = spec.get("session_ids") or {}
+    both = sorted(set(ids.get("include") or []) & set(ids.get("exclude") or []))
+    if both:
+        problems.append(f"session ids {both} are both included and excluded in 'session_ids'")
+    return problems
+
+
+def load_spec(spec: str | Path | Mapping[str, Any] | None, *, source: str | None = None) -> dict:
+    """Read (a path to YAML, or a dict), validate, and fill in defaults from the schema.
+
+    Raises :class:`SpecError` listing every problem at once.
+    """
+    if spec is None:
+        spec = {}
+    if isinstance(spec, str | Path):
+        path = Path(spec)
+        source = source or str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SpecError([f"file {path} does not exist"], source) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError([f"not valid YAML: {exc}"], source) from None
+        if data is None:
+            data = {}
+    else:
+        data = spec
+    if not isinstance(data, Mapping):
+        raise SpecError(
+            [f"the spec must be a mapping of keys to values, got {_type_name(data)}"], source
+        )
+    data = _plain(data)
+    schema = load_schema()
+    problems = _schema_errors(data, schema)
+    if problems:
+        raise SpecError(problems, source)
+    filled = _fill_defaults(data, schema, schema)
+    problems = _semantic_errors(filled)
+    if problems:
+        raise SpecError(problems, source)
+    return filled
+
+
+def canonical_json(spec: Mapping[str, Any]) -> str:
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def spec_sha256(spec: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a defaults-filled spec."""
+    return hashlib.sha256(canonical_json(spec).encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def _utc(ts: pd.Timestamp) -> pd.Timestamp:
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _range_mask(series: pd.Series, r) -> pd.Series:
+    values = pd.to_numeric(series, errors="coerce")
+    if not isinstance(r, dict):
+        return values == r
+    mask = pd.Series(True, index=series.index)
+    if r.get("min") is not None:
+        mask &= values >= r["min"]
+    if r.get("max") is not None:
+        mask &= values <= r["max"]
+    if r.get("gt") is not None:
+        mask &= values > r["gt"]
+    if r.get("lt") is not None:
+        mask &= values < r["lt"]
+    return mask.fillna(False).astype(bool)
+
+
+def _text_mask(series: pd.Series, f) -> pd.Series:
+    values = series.astype("object").where(series.notna(), None)
+
+    def norm(s):
+        return s.casefold() if (ignore and isinstance(s, str)) else s
+
+    if not isinstance(f, dict):
+        f = {"equals": f}
+    ignore = bool(f.get("ignore_case"))
+    mask = pd.Series(True, index=series.index)
+    if f.get("equals") is not None:
+        wanted = {norm(v) for v in _as_list(f["equals"])}
+        mask &= values.map(lambda v: isinstance(v, str) and norm(v) in wanted).astype(bool)
+    if f.get("contains") is not None:
+        needle = norm(f["contains"])
+        mask &= values.map(lambda v: isinstance(v, str) and needle in norm(v)).astype(bool)
+    if f.get("matches") is not None:
+        rx = re.compile(f["matches"], re.IGNORECASE if ignore else 0)
+        mask &= values.map(lambda v: isinstance(v, str) and rx.search(v) is not None).astype(bool)
+    return mask
+
+
+def _acronym_sets(table: pd.DataFrame) -> pd.Series:
+    return table["ecephys_structure_acronyms"].map(lambda xs: {x for x in xs if isinstance(x, str)})
+
+
+def _unknown(kind: str, where: str, given, known, *, hint_source: str) -> list[str]:
+    known_list = sorted({str(k) for k in known})
+    out = []
+    for value in given:
+        if str(value) in known_list:
+            continue
+        close = difflib.get_close_matches(str(value), known_list, n=3, cutoff=0.6)
+        folded = [k for k in known_list if k.casefold() == str(value).casefold()]
+        close = folded + [c for c in close if c not in folded]
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        if len(known_list) <= 40:
+            allowed = f" (allowed: {', '.join(known_list)})"
+        else:
+            allowed = f" ({len(known_list)} values in {hint_source})"
+        out.append(f"unknown {kind} {value!r} in '{where}': not in {hint_source}{hint}{allowed}")
+    return out
+
+
+def _check_against_tables(spec: dict, st: pd.DataFrame, probes: pd.DataFrame) -> list[str]:
+    problems = []
+    ids = spec["session_ids"]
+    for key in ("include", "exclude"):
+        for sid in ids[key]:
+            if sid not in st.index:
+                close = difflib.get_close_matches(str(sid), [str(i) for i in st.index], 2, 0.8)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                problems.append(
+                    f"session id {sid} in 'session_ids.{key}' is not in the sessions table "
+                    f"({len(st)} sessions, ids {st.index.min()}..{st.index.max()}){hint}"
+                )
+    if spec["specimen_ids"]:
+        known = set(st["specimen_id"].tolist()) if "specimen_id" in st else set()
+        for spid in spec["specimen_ids"]:
+            if spid not in known:
+                problems.append(
+                    f"specimen id {spid} in 'specimen_ids' is not in the sessions table "
+                    f"(column specimen_id)"
+                )
+    if spec["session_types"] is not None:
+        problems += _unknown(
+            "session type",
+            "session_types",
+            _as_list(spec["session_types"]),
+            st["session_type"].dropna().unique(),
+            hint_source="the sessions table",
+        )
+    known_acronyms = {
+        a for xs in st["ecephys_structure_acronyms"] for a in xs if isinstance(a, str)
+    }
+    for key in ("any", "all", "none"):
+        problems += _unknown(
+            "brain area",
+            f"areas.{key}",
+            spec["areas"][key],
+            known_acronyms,
+            hint_source="the channels table (ecephys_structure_acronym)",
+        )
+    if spec["probes"]["names"] is not None:
+        problems += _unknown(
+            "probe name",
+            "probes.names",
+            spec["probes"]["names"],
+            probes["name"].dropna().unique(),
+            hint_source="the probes table",
+        )
+    return problems
+
+
+@dataclass
+class Selection:
+    """The resolved selection: sessions (session-table rows), their probes, per-filter counts."""
+
+    spec: dict
+    sessions: pd.DataFrame
+    probes: pd.DataFrame
+    counts: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def spec_sha256(self) -> str:
+        return spec_sha256(self.spec)
+
+    @property
+    def session_ids(self) -> list[int]:
+        return [int(i) for i in self.sessions.index]
+
+    @property
+    def probe_ids(self) -> list[int]:
+        return [int(i) for i in self.probes.index]
+
+    @property
+    def fetch_lfp(self) -> bool:
+        return bool(self.spec["fetch_lfp"])
+
+    @property
+    def unit_filters(self) -> dict[str, Any]:
+        return dict(self.spec["unit_filters"])
+
+    def to_dict(self) -> dict[str, Any]:
+        fetch_lfp = self.fetch_lfp
+        sessions = []
+        for sid, row in self.sessions.sort_index().iterrows():
+            probes = self.probes[self.probes["ecephys_session_id"] == sid]
+            probes = probes.assign(_name=probes["name"].astype(str)).sort_values(
+                ["_name"], kind="stable"
+            )
+            plist = []
+            for pid, p in probes.iterrows():
+                has_lfp = _truthy(p.get("has_lfp_data"))
+                plist.append(
+                    {
+                        "probe_id": int(pid),
+                        "name": str(p["name"]),
+                        "has_lfp_data": has_lfp,
+                        "download_lfp": bool(fetch_lfp and has_lfp),
+                    }
+                )
+            sessions.append(
+                {"session_id": int(sid), "session_type": str(row["session_type"]), "probes": plist}
+            )
+        return {
+            "spec_sha256": self.spec_sha256,
+            "fetch_lfp": fetch_lfp,
+            "unit_filters": self.unit_filters,
+            "sessions": sessions,
+            "counts": [
+                {"filter": c["filter"], "sessions_left": int(c["sessions_left"])}
+                for c in self.counts
+            ],
+        }
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write the contract artifact (sorted keys, 2-space indent, trailing newline)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.to_dict(), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+
+def _truthy(value) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+def _order(table: pd.DataFrame, column: str, descending: bool) -> pd.DataFrame:
+    df = table.assign(_sid=table.index.to_numpy())
+    if column == "session_id":
+        return df.sort_values("_sid", ascending=not descending, kind="stable").drop(columns="_sid")
+    key = df[column]
+    if column == "published_at":
+        key = pd.to_datetime(key, utc=True, errors="coerce")
+    df = df.assign(_key=key)
+    df = df.sort_values(
+        ["_key", "_sid"], ascending=[not descending, True], kind="stable", na_position="last"
+    )
+    return df.drop(columns=["_key", "_sid"])
+
+
+def resolve(spec: Mapping[str, Any] | str | Path, tables: Mapping[str, pd.DataFrame]) -> Selection:
+    """Apply the spec to the four tables; raise SpecError / SelectionError with clear messages."""
+    if not (isinstance(spec, Mapping) and "fetch_lfp" in spec and "unit_filters" in spec):
+        spec = load_spec(spec)
+    spec = dict(spec)
+    check_tables(tables)
+    st = session_table(tables, spec["unit_filters"])
+    pt = probe_table(tables, spec["unit_filters"])
+    problems = _check_against_tables(spec, st, pt)
+    if problems:
+        raise SpecError(problems)
+
+    counts: list[dict[str, Any]] = [{"filter": "all_sessions", "sessions_left": len(st)}]
+    cur = st
+
+    def step(name: str, mask) -> None:
+        nonlocal cur
+        cur = cur[np.asarray(mask, dtype=bool)]
+        counts.append({"filter": name, "sessions_left": len(cur)})
+
+    ids = spec["session_ids"]
+    if ids["include"]:
+        step("session_ids.include", cur.index.isin(ids["include"]))
+    if ids["exclude"]:
+        step("session_ids.exclude", ~cur.index.isin(ids["exclude"]))
+    if spec["specimen_ids"]:
+        step("specimen_ids", cur["specimen_id"].isin(spec["specimen_ids"]))
+    if spec["session_types"] is not None:
+        step("session_types", cur["session_type"].isin(_as_list(spec["session_types"])))
+    if spec["sex"] is not None:
+        step("sex", _text_mask(cur["sex"], spec["sex"]))
+    if spec["genotype"] is not None:
+        step("genotype", _text_mask(cur["full_genotype"], spec["genotype"]))
+    if spec["age_in_days"] is not None:
+        step("age_in_days", _range_mask(cur["age_in_days"], spec["age_in_days"]))
+    if spec["published_at"] is not None:
+        pub = pd.to_datetime(cur["published_at"], utc=True, errors="coerce")
+        p = spec["published_at"]
+        if isinstance(p, str):
+            mask = pub == _utc(pd.Timestamp(p))
+        else:
+            mask = pd.Series(True, index=cur.index)
+            if p.get("min") is not None:
+                mask &= pub >= _utc(pd.Timestamp(p["min"]))
+            if p.get("max") is not None:
+                mask &= pub <= _utc(pd.Timestamp(p["max"]))
+        step("published_at", mask.fillna(False))
+    for key in ("unit_count", "channel_count", "probe_count"):
+        if spec[key] is not None:
+            step(key, _range_mask(cur[key], spec[key]))
+    areas = spec["areas"]
+    if areas["any"] or areas["all"] or areas["none"]:
+        sets = _acronym_sets(cur)
+        if areas["any"]:
+            want = set(areas["any"])
+            step("areas.any", sets.map(lambda s: bool(s & want)))
+            sets = sets.loc[cur.index]
+        if areas["all"]:
+            want = set(areas["all"])
+            step("areas.all", sets.map(lambda s: want <= s))
+            sets = sets.loc[cur.index]
+        if areas["none"]:
+            want = set(areas["none"])
+            step("areas.none", sets.map(lambda s: not (s & want)))
+
+    probes = pt[pt["ecephys_session_id"].isin(cur.index)]
+    pf = spec["probes"]
+    if pf["names"] is not None or pf["has_lfp"] is not None:
+        if pf["names"] is not None:
+            probes = probes[probes["name"].isin(pf["names"])]
+        if pf["has_lfp"] is not None:
+            has = probes["has_lfp_data"].map(_truthy).astype(bool)
+            probes = probes[has == pf["has_lfp"]]
+        step("probes", cur.index.isin(probes["ecephys_session_id"]))
+
+    if spec["limit"] is not None and len(cur) > spec["limit"]:
+        order = spec["order_by"]
+        ordered = _order(cur, order["column"], order["descending"])
+        keep = set(ordered.index[: spec["limit"]])
+        step("limit", cur.index.isin(keep))
+    elif spec["limit"] is not None:
+        counts.append({"filter": "limit", "sessions_left": len(cur)})
+
+    if len(cur) == 0:
+        raise SelectionError(_nothing_message(counts), counts)
+    probes = probes[probes["ecephys_session_id"].isin(cur.index)]
+    return Selection(
+        spec=spec, sessions=cur.sort_index(), probes=probes.sort_index(), counts=counts
+    )
+
+
+def _nothing_message(counts: list[dict[str, Any]]) -> str:
+    culprit = next((c for c in counts if c["sessions_left"] == 0), counts[-1])
+    idx = counts.index(culprit)
+    before = counts[idx - 1]["sessions_left"] if idx > 0 else 0
+    lines = [
+        f"the selection spec matches no session: filter '{culprit['filter']}' removed the last "
+        f"{before} session{'s' if before != 1 else ''}.",
+        "Sessions left after each filter, in the order applied:",
+    ]
+    width = max(len(c["filter"]) for c in counts)
+    for c in counts:
+        mark = "   <- removed the last sessions" if c is culprit else ""
+        lines.append(f"  {c['filter']:<{width}}  {c['sessions_left']:>5}{mark}")
+    lines.append(
+        f"Relax '{culprit['filter']}' (or an earlier filter); the values present are in the "
+        "session table (ecephys_pipeline.selection.session_table)."
+    )
+    return "\n".join(lines)
