@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The SLURM end-to-end test, start to finish: bring up a single-node cluster on this machine,
+# run tests/test_slurm.py against it, and always stop every daemon again (trap), even when the
+# test fails or the whole thing is interrupted. Needs root (apt, daemons). Called by
+# .ci/test-suite.sh; run it by hand the same way:  bash .ci/slurm/run-test.sh
+#
+#   SLURM_TEST_TIMEOUT_S   upper bound for the pytest run (default 1500 s)
+#   PYTEST                 pytest to use (default: pytest on PATH, else .venv/bin/pytest)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+TIMEOUT_S="${SLURM_TEST_TIMEOUT_S:-1500}"
+if [[ -z ${PYTEST:-} ]]; then
+    if command -v pytest >/dev/null; then PYTEST=pytest; else PYTEST=.venv/bin/pytest; fi
+fi
+T0=$EPOCHREALTIME
+since() { awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}'; }
+
+cleanup() {
+    local status=$?
+    echo "[slurm-test +$(since)s] stopping the cluster"
+    bash .ci/slurm/down.sh || status=1
+    echo "[slurm-test +$(since)s] done, exit $status"
+    exit "$status"
+}
+trap cleanup EXIT
+# Ctrl-C / SIGTERM: exit through the EXIT trap (the pytest child gets SIGINT from the terminal
+# or from timeout below and stops its Snakemake runs, which cancel their SLURM jobs).
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+bash .ci/slurm/up.sh
+echo "[slurm-test +$(since)s] cluster up; running pytest -m slurm (timeout ${TIMEOUT_S}s)"
+
+# SIGINT, not SIGTERM: Snakemake with the SLURM plugin ignores SIGTERM.
+timeout -s INT -k 60 "$TIMEOUT_S" "$PYTEST" -m slurm -p no:cacheprovider -v tests/test_slurm.py
+echo "[slurm-test +$(since)s] pytest passed"
+if [[ $(sacct -X -n -o JobID 2>/dev/null | wc -l) -gt 0 ]]; then
+    echo "[slurm-test] jobs in sacct (last 12):"
+    sacct -X -P -o JobID,JobName%40,State,Comment%60,Elapsed | tail -n 12
+fi
