@@ -632,7 +632,7 @@ def tutorial_expressions(sessions: pd.DataFrame) -> dict[str, list[int]]:
                                  np.array(['VISl' in acronyms for acronyms in
                                            sessions.ecephys_structure_acronyms])]  # fmt: skip
     out["male_sst_visl_brain_observatory"] = list(filtered_sessions.index)
-    out["unfiltered_units_first_male_sst_visl"] = [filtered_sessions.index.values[0]]
+    out["unfiltered_units_first_male_sst_visl"] = list(filtered_sessions.index.values[:1])
     out["complete_dataset_with_lfp"] = list(sessions.index)
     out["functional_connectivity_sessions"] = list(
         sessions[sessions["session_type"] == "functional_connectivity"].index
@@ -641,14 +641,17 @@ def tutorial_expressions(sessions: pd.DataFrame) -> dict[str, list[int]]:
     pvalb_sessions = sessions[sessions.full_genotype.str.match('Pvalb')]  # fmt: skip
     out["pvalb_sessions"] = list(pvalb_sessions.index)
     # SWDB 2023 databook, visual-coding-np/vcnp-data-access.md
-    session_id = sessions[(sessions.unit_count>900)&(sessions.session_type=='brain_observatory_1.1')
-                          &(sessions.full_genotype=='wt/wt')].index[0]  # fmt: skip
-    out["wt_brain_observatory_over_900_units"] = [session_id]
+    try:
+        session_id = sessions[(sessions.unit_count>900)&(sessions.session_type=='brain_observatory_1.1')  # noqa: E501
+                              &(sessions.full_genotype=='wt/wt')].index[0]  # fmt: skip
+        out["wt_brain_observatory_over_900_units"] = [session_id]
+    except IndexError:  # no such session: the spec must then select nothing
+        out["wt_brain_observatory_over_900_units"] = []
     out["visp_sessions"] = [
         index for index, row in sessions.iterrows() if "VISp" in row.ecephys_structure_acronyms
     ]
     # AllenSDK ecephys_session.ipynb / SWDB 2023 vcnp-session.md
-    out["one_session"] = [756029989]
+    out["one_session"] = [756029989] if 756029989 in sessions.index else []
     return out
 
 
@@ -693,6 +696,41 @@ def test_default_config_spec_is_valid(catalogue):
     spec = S.load_spec(ROOT / "config" / "selection.yaml")
     sel = S.resolve(spec, catalogue)
     assert 1 <= len(sel.session_ids) <= 3
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory) -> Path:
+    synth = pytest.importorskip("ecephys_pipeline.synth")
+    out = tmp_path_factory.mktemp("synth") / "dataset"
+    synth.make_dataset(out, seed=0, realistic=True, files="lazy")
+    return out / "s3"
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_example_on_synthetic_catalogue(name, synth_dir):
+    """Same check on synth.make_dataset(realistic=True); an empty expression must raise."""
+    tables = S.load_tables(synth_dir)
+    expected = tutorial_expressions(S.session_table(tables))[name]
+    spec = S.load_spec(EXAMPLES / f"{name}.yaml")
+    if name == "one_session" and 756029989 not in tables["sessions"].index:
+        with pytest.raises(S.SpecError, match="session id 756029989 in 'session_ids.include'"):
+            S.resolve(spec, tables)
+    elif not expected:
+        with pytest.raises(S.SelectionError, match="matches no session"):
+            S.resolve(spec, tables)
+    else:
+        assert S.resolve(spec, tables).session_ids == sorted(int(i) for i in expected)
+
+
+def test_synthetic_catalogue_shape(synth_dir):
+    tables = S.load_tables(synth_dir)
+    st = S.session_table(tables)
+    assert len(st) == 58
+    assert st["session_type"].value_counts().to_dict() == {BO: 32, FC: 26}
+    sel = S.resolve(S.load_spec(ROOT / "config" / "selection.yaml"), tables)
+    assert len(sel.session_ids) == 2 and sel.fetch_lfp
+    assert all(p["download_lfp"] == p["has_lfp_data"] for s in sel.to_dict()["sessions"]
+               for p in s["probes"])  # fmt: skip
 
 
 # --------------------------------------------------------------------------- AllenSDK oracle
@@ -830,6 +868,23 @@ def test_catalogue_matches_allensdk(tmp_path):
     compare_with_allensdk(write_tables(tmp_path, make_catalogue()))
 
 
+@pytest.mark.allensdk
+@needs_allensdk
+def test_synthetic_catalogue_matches_allensdk(synth_dir, tmp_path):
+    for table in S.TABLES:
+        (tmp_path / f"{table}.csv").write_bytes((synth_dir / f"{table}.csv").read_bytes())
+    compare_with_allensdk(tmp_path)
+
+
 def test_module_runs_without_allensdk_installed():
     assert "allensdk" not in sys.modules
     assert yaml.safe_load("a: 1") == {"a": 1}
+
+
+def test_readme_yaml_examples_are_valid_specs():
+    text = (ROOT / "config" / "README.md").read_text()
+    section = text.split("## Selection spec", 1)[1].split("\n## ", 1)[0]
+    blocks = section.split("```yaml\n")[1:]
+    assert len(blocks) >= 6
+    for block in blocks:
+        S.load_spec(yaml.safe_load(block.split("```", 1)[0]))

@@ -173,7 +173,7 @@ def filter_units(
         & (units["isi_violations"] <= _unit_filter_value(uf, "isi_violations_maximum"))
     )
     if uf["quality"] is not None and "quality" in units.columns:
-        mask &= units["quality"] == uf["quality"]
+        mask &= units["quality"].isin(_as_list(uf["quality"]))
     # AllenSDK applies this only when the units table itself carries a structure id; units.csv
     # does not, so it never changes cache-level counts (extraction applies it per NWB).
     if uf["filter_out_of_brain_units"] and "ecephys_structure_id" in units.columns:
