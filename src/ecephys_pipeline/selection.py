@@ -722,9 +722,7 @@ def _order(table: pd.DataFrame, column: str, descending: bool) -> pd.DataFrame:
 
 def resolve(spec: Mapping[str, Any] | str | Path, tables: Mapping[str, pd.DataFrame]) -> Selection:
     """Apply the spec to the four tables; raise SpecError / SelectionError with clear messages."""
-    if not (isinstance(spec, Mapping) and "fetch_lfp" in spec and "unit_filters" in spec):
-        spec = load_spec(spec)
-    spec = dict(spec)
+    spec = load_spec(spec)  # idempotent on an already loaded spec
     check_tables(tables)
     st = session_table(tables, spec["unit_filters"])
     pt = probe_table(tables, spec["unit_filters"])
