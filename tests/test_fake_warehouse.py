@@ -915,3 +915,41 @@ def test_port_is_really_listening_on_loopback(server):
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=T):
         pass
+
+
+# ------------------------------------------------------------------------------ lazy files (synth)
+
+
+def _synth():
+    synth = pytest.importorskip("ecephys_pipeline.synth")
+    if not all(hasattr(synth, f) for f in ("make_dataset", "ensure_session_nwb", "ensure_lfp_nwb")):
+        pytest.skip("ecephys_pipeline.synth lacks the lazy-file API")
+    return synth
+
+
+def test_lazy_files_are_generated_on_first_request(tmp_path):
+    synth = _synth()
+    root = synth.make_dataset(
+        tmp_path / "lazy", seed=3, files="lazy", sessions=1, probes_per_session=2,
+        units_per_probe=2, duration_s=30, lfp_duration_s=0.5,
+    )  # fmt: skip
+    root = Path(root)
+    assert not list((root / "files").rglob("*.nwb"))
+    wkfs = json.loads((root / "warehouse/WellKnownFile.json").read_text())
+    session_wkf = next(w for w in wkfs if w["attachable_type"] == "EcephysSession")
+    lfp_wkf = next(w for w in wkfs if w["attachable_type"] == "EcephysProbe")
+    sid = session_wkf["attachable_id"]
+    with FakeWarehouse(root) as fw:
+        # two clients at once: one generation, identical bytes
+        import concurrent.futures as cf
+
+        url = fw.url + "/" + session_wkf["download_link"]
+        with cf.ThreadPoolExecutor(2) as pool:
+            bodies = list(pool.map(lambda _: requests.get(url, timeout=120).content, range(2)))
+        on_disk = (root / f"files/session_{sid}/session_{sid}.nwb").read_bytes()
+        assert bodies[0] == bodies[1] == on_disk and on_disk[:8] == b"\x89HDF\r\n\x1a\n"
+        key = f"session_{sid}/probe_{lfp_wkf['attachable_id']}_lfp.nwb"
+        r = requests.get(fw.url + S3 + key, timeout=120)  # S3 route generates too
+        assert r.status_code == 200 and r.content == (root / "files" / key).read_bytes()
+        _, keys, _ = _list(fw, prefix=S3.lstrip("/") + f"session_{sid}/")
+        assert S3.lstrip("/") + key in keys

@@ -414,21 +414,28 @@ class Store:
         rows = self.rows(model)
 
         def build():
-            out = set(FALLBACK_FIELDS.get(model, ()))
+            keys: set[str] = set()
             for r in rows:
-                out.update(k for k, v in r.items() if not _embedded(v))
+                keys.update(r)
+            out = set(FALLBACK_FIELDS.get(model, ()))
+            for k in keys:  # a key is an embedded association if its first non-null value is
+                v = next((r[k] for r in rows if r.get(k) is not None), None)
+                if not _embedded(v):
+                    out.add(k)
             return out
 
         return self._derive(model, "fields", build)
 
-    def attached(self, attachable_type: str, attachable_id: Any) -> list[dict]:
+    def attached_index(self) -> dict:
         rows = self.rows("WellKnownFile")
-        idx = self._derive(
+        return self._derive(
             "WellKnownFile",
             "attached",
             lambda: _group(rows, lambda r: (r.get("attachable_type"), r.get("attachable_id"))),
         )
-        return idx.get((attachable_type, attachable_id), [])
+
+    def attached(self, attachable_type: str, attachable_id: Any) -> list[dict]:
+        return self.attached_index().get((attachable_type, attachable_id), [])
 
     def cached_result(self, key: tuple, build) -> list:
         with self._lock:
@@ -527,9 +534,44 @@ def _strip_table(name: str, model: str | None) -> str:
     return name
 
 
+class _Snapshot:
+    """Per-query memo of the store's tables and indexes (one stat per table, not per row)."""
+
+    def __init__(self, store: Store):
+        self._store = store
+        self._memo: dict[tuple, Any] = {}
+
+    def _get(self, key: tuple, fn, *args):
+        if key not in self._memo:
+            self._memo[key] = fn(*args)
+        return self._memo[key]
+
+    def by_id(self, model: str) -> dict:
+        return self._get(("by_id", model), self._store.by_id, model)
+
+    def index(self, model: str, key: str) -> dict:
+        return self._get(("index", model, key), self._store.index, model, key)
+
+    def fields(self, model: str) -> set[str]:
+        return self._get(("fields", model), self._store.fields, model)
+
+    def attached(self, attachable_type: str, attachable_id: Any) -> list[dict]:
+        rows = self._get(("attached_all",), self._store.attached_index)
+        return rows.get((attachable_type, attachable_id), [])
+
+    def served(self, model: str) -> list[dict]:
+        return self._get(("served", model), self._store.served, model)
+
+    def generation(self) -> tuple:
+        return self._store.generation()
+
+    def cached_result(self, key: tuple, build) -> list:
+        return self._store.cached_result(key, build)
+
+
 class Engine:
     def __init__(self, store: Store):
-        self.store = store
+        self.store = _Snapshot(store)
 
     # -- associations -------------------------------------------------------------------------
 

@@ -126,6 +126,8 @@ def validate_faults(faults: Any) -> list[dict]:
                 raise ValueError(f"fault #{i} ({kind}): {p} must be a non-negative number")
         if kind == "status" and not (isinstance(f["code"], int) and 100 <= f["code"] <= 599):
             raise ValueError(f"fault #{i}: code must be an HTTP status 100-599")
+        if kind == "status" and not isinstance(f.get("body") or "", str):
+            raise ValueError(f"fault #{i}: body must be a string")
         if kind == "bandwidth" and f["bytes_per_second"] <= 0:
             raise ValueError(f"fault #{i}: bytes_per_second must be > 0")
         times = f.get("times")
