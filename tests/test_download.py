@@ -454,6 +454,40 @@ def test_parallel_sigkill_resumes_each_range(fake, dataset, tmp_path):
     assert starts == sorted(start + done for start, _end, done in ranges)
 
 
+def _complete_part(fake, dataset, dest: Path, size: int | None) -> None:
+    info = dl.remote_info(url(fake, 1))
+    shutil.copyfile(source(dataset, 1), f"{dest}.part")
+    meta = {"url": url(fake, 1), "etag": info.etag, "last_modified": info.last_modified}
+    Path(f"{dest}.part.json").write_text(json.dumps({**meta, "size": size}))
+
+
+def test_complete_part_is_placed_without_a_request(fake, dataset, tmp_path):
+    dest = tmp_path / "s1.nwb"
+    _complete_part(fake, dataset, dest, SMALL_SIZE(dataset))
+    n0 = len(fake.requests)
+    rec = download_file(url(fake, 1), dest)
+    assert_clean_success(rec, dest, source(dataset, 1))
+    assert new_requests(fake, n0) == []
+
+
+def test_complete_part_of_unknown_size_416_is_accepted(fake, dataset, tmp_path):
+    dest = tmp_path / "s1.nwb"
+    _complete_part(fake, dataset, dest, None)  # e.g. the first response had no Content-Length
+    n0 = len(fake.requests)
+    rec = download_file(url(fake, 1), dest)
+    assert_clean_success(rec, dest, source(dataset, 1))
+    assert [r["status"] for r in new_requests(fake, n0)] == [416]
+
+
+def test_part_larger_than_the_remote_file_restarts(fake, dataset, tmp_path):
+    dest = tmp_path / "s1.nwb"
+    _complete_part(fake, dataset, dest, None)
+    with open(f"{dest}.part", "ab") as f:
+        f.write(b"junk" * 100)
+    rec = download_file(url(fake, 1), dest, **FAST)
+    assert_clean_success(rec, dest, source(dataset, 1))
+
+
 def test_second_downloader_of_the_same_file_is_refused(fake, tmp_path):
     dest = tmp_path / "s1.nwb"
     with dl._DestLock(dest):

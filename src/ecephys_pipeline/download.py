@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import queue
 import random
 import re
 import shutil
@@ -67,6 +68,7 @@ MAX_VERIFY_FAILURES = 3  # whole-file restarts after a failed verification (bad 
 MIN_RANGE = 8 << 20  # smallest per-connection range in parallel mode
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines
 _SIDECAR_PERSIST_INTERVAL = 2.0
+_PIPELINE_DEPTH = 8  # chunks between the receiving and the writing/hashing thread
 _USER_AGENT = f"ecephys-pipeline/{__version__} (+requests {requests.__version__})"
 
 
@@ -663,18 +665,7 @@ class _Transfer:
             )
             self.restart()
             return
-        if meta.get("ranges"):
-            prefix = 0
-            for start, _end, done in sorted(meta["ranges"]):
-                if start != prefix:
-                    break
-                prefix += done
-                if done < _end - start:
-                    break
-            self.meta = meta  # keep the ranges: a parallel call continues them
-            self.meta["_prefix"] = prefix
-        else:
-            self.meta = meta
+        self.meta = meta  # with "ranges", a parallel call continues each range
         log.info(
             "%s: found %s with %s, will resume", self.dest.name, self.part.name, _fmt_bytes(size)
         )
@@ -682,16 +673,14 @@ class _Transfer:
     def to_single_stream(self) -> int:
         """Turn a parallel .part into a contiguous prefix; returns its length."""
         assert self.meta is not None
-        prefix = self.meta.pop("_prefix", None)
         if self.meta.get("ranges"):
-            if prefix is None:
-                prefix = 0
-                for start, end, done in sorted(self.meta["ranges"]):
-                    if start != prefix:
-                        break
-                    prefix += done
-                    if done < end - start:
-                        break
+            prefix = 0
+            for start, end, done in sorted(self.meta["ranges"]):
+                if start != prefix:
+                    break
+                prefix += done
+                if done < end - start:
+                    break
             with open(self.part, "r+b") as f:
                 f.truncate(prefix)
             del self.meta["ranges"]
@@ -703,13 +692,15 @@ class _Transfer:
         """Empty the .part (and sidecar); with ``meta``, write the new sidecar first."""
         self.hasher, self.hashed = hashlib.sha256(), 0
         self.meta = meta
+        # Empty the .part BEFORE writing the new sidecar: a kill in between must never leave old
+        # bytes described by new validators (a later resume would splice two versions).
         if meta is None:
-            _unlink(self.sidecar)
             _unlink(self.part)
+            _unlink(self.sidecar)
             return
-        _atomic_write_json(self.sidecar, meta)
         with open(self.part, "wb"):
             pass
+        _atomic_write_json(self.sidecar, meta)
 
     def ensure_hashed(self, upto: int) -> None:
         """Make the hasher cover exactly bytes [0, upto) of the .part."""
@@ -823,30 +814,64 @@ class _Transfer:
             raise _AttemptFailed(f"the body ended at byte {end} of {total} (short body)")
 
     def _stream(self, resp: requests.Response, offset: int, total: int | None) -> int:
+        """Append the body to the .part, hashing it; returns the bytes written.
+
+        Receiving runs here, writing + hashing in a helper thread (both release the GIL), so the
+        socket, the disk and sha256 overlap; at most ``_PIPELINE_DEPTH`` chunks are in flight.
+        The helper writes and hashes the same bytes in order, so the hasher always covers exactly
+        the .part's bytes, whatever ends the attempt.
+        """
         got = 0
         h, prog = self.hasher, self.prog
         limit = None if total is None else total - offset
-        with open(self.part, "ab", buffering=0) as f:
-            try:
-                for chunk in resp.iter_content(CHUNK):
-                    if limit is not None and got + len(chunk) > limit:
-                        chunk = chunk[: limit - got]
+        q: queue.Queue[bytes | None] = queue.Queue(maxsize=_PIPELINE_DEPTH)
+        written = [0]
+        write_error: list[BaseException] = []
+
+        def sink() -> None:
+            with open(self.part, "ab", buffering=0) as f:
+                while (chunk := q.get()) is not None:
+                    if write_error:
+                        continue  # drain, so the receiver never blocks on a full queue
                     try:
-                        f.write(chunk)
-                    except OSError as e:
-                        raise _AttemptFailed(f"writing {self.part} failed: {e}", fatal=True) from e
-                    h.update(chunk)
-                    got += len(chunk)
-                    self.hashed += len(chunk)
-                    self.fetched += len(chunk)
-                    prog.update(offset + got)
-                    if limit is not None and got >= limit:
-                        break
-            except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
-                raise _AttemptFailed(
-                    f"{type(e).__name__}: {_short_exc(e)} after {got} bytes of this attempt"
-                ) from e
-        return got
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[f.write(view) :]
+                        h.update(chunk)
+                        written[0] += len(chunk)
+                    except BaseException as e:  # noqa: BLE001 - reported by the receiver
+                        write_error.append(e)
+
+        writer = threading.Thread(target=sink, name=f"write {self.dest.name}", daemon=True)
+        writer.start()
+        net_error = None
+        try:
+            for chunk in resp.iter_content(CHUNK):
+                if write_error:
+                    break
+                if limit is not None and got + len(chunk) > limit:
+                    chunk = chunk[: limit - got]
+                q.put(chunk)
+                got += len(chunk)
+                self.fetched += len(chunk)
+                prog.update(offset + got)
+                if limit is not None and got >= limit:
+                    break
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+            net_error = e
+        finally:
+            q.put(None)
+            writer.join()
+            self.hashed += written[0]
+        if write_error:
+            e = write_error[0]
+            raise _AttemptFailed(f"writing {self.part} failed: {e}", fatal=True) from e
+        if net_error is not None:
+            raise _AttemptFailed(
+                f"{type(net_error).__name__}: {_short_exc(net_error)} after {got} bytes of this "
+                "attempt"
+            ) from net_error
+        return written[0]
 
     # -- one parallel attempt
     def attempt_parallel(self, connections: int) -> None:
@@ -888,7 +913,6 @@ class _Transfer:
             with open(self.part, "r+b") as f:
                 f.truncate(size)  # sparse; each range is written in place
             meta = self.meta
-        meta.pop("_prefix", None)
         self.hasher = None  # bytes land out of order: hash the whole file once at the end
         size = meta["size"]
         ranges = meta["ranges"]
@@ -994,7 +1018,6 @@ class _Transfer:
         os.fsync(fd)
         with lock:
             snapshot = json.loads(json.dumps(self.meta))
-        snapshot.pop("_prefix", None)
         _atomic_write_json(self.sidecar, snapshot)
 
     def _probe_ranges(self) -> RemoteInfo:
@@ -1075,7 +1098,7 @@ class _Transfer:
 def _short_exc(e: BaseException) -> str:
     s = str(e)
     # urllib3 wraps messages deeply; keep the informative tail
-    m = re.search(r"(Read timed out[^')\"]*|Connection broken: [^\"]+|IncompleteRead\([^)]*\))", s)
+    m = re.search(r"(Read timed out|Connection broken: \w+\([^)]*\)|IncompleteRead\([^)]*\))", s)
     s = m.group(1) if m else s
     return s if len(s) <= 200 else s[:200] + "..."
 
@@ -1234,7 +1257,7 @@ def _download(
                 try:
                     t.attempt_parallel(connections)
                 except _RangesUnsupported as e:
-                    log.warning("%s: %s; using a single connection", dest.name, e)
+                    log.info("%s: %s; using a single connection", dest.name, e)
                     connections = 1
                     if t.meta and t.meta.get("ranges"):
                         t.to_single_stream()
