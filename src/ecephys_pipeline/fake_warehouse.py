@@ -84,6 +84,9 @@ _HEADER_KINDS = {"wrong_length"}  # the only body kind that also matters to HEAD
 _FILE_KINDS = {"ignore_range", "no_validators"}
 _RMA_KINDS = {"rma_error", "rma_zero_rows"}
 
+# HTTP status of an RMA error envelope (success: false). UNCONFIRMED for the real service;
+# AllenSDK ignores the status and reads the envelope, so only our own client can tell.
+RMA_ERROR_STATUS = 400
 REQUEST_LOG_MAX = 10_000
 IDLE_TIMEOUT = 120  # seconds a keep-alive connection may sit idle
 S3_MAX_KEYS = 1000
@@ -583,17 +586,19 @@ class _Handler(BaseHTTPRequestHandler):
         disposition = {"Content-Disposition": 'attachment; filename="query.json"'}
         if fmt != "json":
             env = _fake_rma.error_envelope(f"unsupported format {fmt!r}: this service answers json")
-            return self._json(400, env, extra=disposition)
+            return self._json(RMA_ERROR_STATUS, env, extra=disposition)
         if criteria is None:
             env = _fake_rma.error_envelope("missing query: pass criteria=model::<Model>,...")
-            return self._json(400, env, extra=disposition)
+            return self._json(RMA_ERROR_STATUS, env, extra=disposition)
         for f in faults:
             if f["kind"] == "rma_error":
                 msg = f.get("msg") or "injected RMA error"
-                return self._json(400, _fake_rma.error_envelope(msg), plan, disposition)
+                return self._json(
+                    RMA_ERROR_STATUS, _fake_rma.error_envelope(msg), plan, disposition
+                )
         env = _fake_rma.run(self.fake.store, criteria, params)
         if not env["success"]:
-            return self._json(400, env, extra=disposition)
+            return self._json(RMA_ERROR_STATUS, env, extra=disposition)
         if any(f["kind"] == "rma_zero_rows" for f in faults):
             env = {**env, "num_rows": 0, "msg": [], "total_rows": max(env["total_rows"], 1)}
         self._json(200, env, plan, disposition)
