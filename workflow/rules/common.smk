@@ -2,7 +2,6 @@ import json
 
 from ecephys_pipeline import demo, selection
 
-
 CACHE = config["cache_dir"]
 TABLES = ["sessions", "probes", "channels", "units"]
 SPEC = selection.load_spec(config["selection"])
@@ -81,12 +80,14 @@ def download_records(wildcards):
         f"{CACHE}/session_{s['session_id']}/session_{s['session_id']}.nwb"
         for s in selected_sessions()
     ]
-    return [f + ".download.json" for f in session_files + lfp_downloads()]
+    return [f"{f}.download.json" for f in session_files + lfp_downloads()]
 
 
 def parquet_outputs(session_id):
     datasets = ["units", "waveforms", "stimulus_presentations", "running_speed"]
-    files = [f"results/parquet/{d}/session_id={session_id}/part-0.parquet" for d in datasets]
+    files = [
+        f"results/parquet/{d}/session_id={session_id}/part-0.parquet" for d in datasets
+    ]
     return files + [f"results/parquet/spikes/session_id={session_id}"]
 
 

@@ -5,21 +5,22 @@
 rule download_session_nwb:
     output:
         nwb=update(f"{CACHE}/session_{{session_id}}/session_{{session_id}}.nwb"),
-        record=update(f"{CACHE}/session_{{session_id}}/session_{{session_id}}.nwb.download.json"),
+        record=update(
+            f"{CACHE}/session_{{session_id}}/session_{{session_id}}.nwb.download.json"
+        ),
     log:
         "logs/download/session_{session_id}.log",
-    params:
-        source=source_config(),
-        options=download_options(),
-        cache_dir=CACHE,
-        lock_file=config["lock_file"],
+    retries: 1
+    conda:
+        "../../envs/pipeline.yaml"
     resources:
         downloads=1,
         mem_mb=512,
         runtime=240,
-    retries: 1
-    conda:
-        "../../envs/pipeline.yaml"
+    params:
+        source=source_config(),
+        options=download_options(),
+        lock_file=config["lock_file"],
     script:
         "../scripts/download_nwb.py"
 
@@ -27,21 +28,22 @@ rule download_session_nwb:
 rule download_lfp_nwb:
     output:
         nwb=update(f"{CACHE}/session_{{session_id}}/probe_{{probe_id}}_lfp.nwb"),
-        record=update(f"{CACHE}/session_{{session_id}}/probe_{{probe_id}}_lfp.nwb.download.json"),
+        record=update(
+            f"{CACHE}/session_{{session_id}}/probe_{{probe_id}}_lfp.nwb.download.json"
+        ),
     log:
         "logs/download/session_{session_id}_probe_{probe_id}_lfp.log",
-    params:
-        source=source_config(),
-        options=download_options(),
-        cache_dir=CACHE,
-        lock_file=config["lock_file"],
+    retries: 1
+    conda:
+        "../../envs/pipeline.yaml"
     resources:
         downloads=1,
         mem_mb=512,
         runtime=240,
-    retries: 1
-    conda:
-        "../../envs/pipeline.yaml"
+    params:
+        source=source_config(),
+        options=download_options(),
+        lock_file=config["lock_file"],
     script:
         "../scripts/download_nwb.py"
 
@@ -54,13 +56,11 @@ rule write_lock:
         lock="results/ecephys.lock.json",
     log:
         "logs/download/write_lock.log",
-    params:
-        cache_dir=CACHE,
+    conda:
+        "../../envs/pipeline.yaml"
     resources:
         mem_mb=256,
         runtime=5,
-    conda:
-        "../../envs/pipeline.yaml"
     script:
         "../scripts/write_lock.py"
 

@@ -10,13 +10,13 @@ rule extract_session:
         spikes=directory("results/parquet/spikes/session_id={session_id}"),
     log:
         "logs/extract/session_{session_id}.log",
-    params:
-        unit_filters=unit_filters(),
+    conda:
+        "../../envs/pipeline.yaml"
     resources:
         mem_mb=extract_mem_mb,
         runtime=60,
-    conda:
-        "../../envs/pipeline.yaml"
+    params:
+        unit_filters=unit_filters(),
     script:
         "../scripts/extract_session.py"
 
@@ -30,14 +30,14 @@ rule write_manifest:
         manifest="results/manifest.json",
     log:
         "logs/extract/write_manifest.log",
-    params:
-        config=config,
-        spec=SPEC,
+    conda:
+        "../../envs/pipeline.yaml"
     resources:
         mem_mb=512,
         runtime=10,
-    conda:
-        "../../envs/pipeline.yaml"
+    params:
+        config=config,
+        spec=SPEC,
     script:
         "../scripts/write_manifest.py"
 

@@ -3,13 +3,13 @@ rule fetch_metadata_table:
         table=f"{CACHE}/{{table}}.csv",
     log:
         "logs/metadata/{table}.log",
-    params:
-        source=source_config(),
+    conda:
+        "../../envs/pipeline.yaml"
     resources:
         mem_mb=2048,
         runtime=60,
-    conda:
-        "../../envs/pipeline.yaml"
+    params:
+        source=source_config(),
     script:
         "../scripts/fetch_metadata_table.py"
 
@@ -19,11 +19,11 @@ rule cache_manifest:
         manifest=f"{CACHE}/manifest.json",
     log:
         "logs/metadata/cache_manifest.log",
+    conda:
+        "../../envs/pipeline.yaml"
     resources:
         mem_mb=256,
         runtime=5,
-    conda:
-        "../../envs/pipeline.yaml"
     script:
         "../scripts/cache_manifest.py"
 

@@ -7,15 +7,14 @@ checkpoint select_sessions:
         plan="results/selection/plan.json",
     log:
         "logs/select/select_sessions.log",
-    params:
-        source=source_config(),
-        cache_dir=CACHE,
-        preflight=config["download"]["preflight"],
+    conda:
+        "../../envs/pipeline.yaml"
     resources:
         mem_mb=4096,
         runtime=10,
-    conda:
-        "../../envs/pipeline.yaml"
+    params:
+        source=source_config(),
+        preflight=config["download"]["preflight"],
     script:
         "../scripts/select_sessions.py"
 

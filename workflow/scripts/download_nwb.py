@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from ecephys_pipeline import logs, sources
 
 logs.to_file(snakemake.log[0])
@@ -7,7 +9,7 @@ sources.fetch_nwb(
     snakemake.output.nwb,
     int(snakemake.wildcards.session_id),
     int(probe_id) if probe_id else None,
-    cache_dir=snakemake.params.cache_dir,
+    cache_dir=Path(snakemake.output.nwb).parents[1],
     lock_file=snakemake.params.lock_file,
     options=snakemake.params.options,
 )

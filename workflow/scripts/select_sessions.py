@@ -6,13 +6,14 @@ from ecephys_pipeline import logs, plan, selection, sources
 
 logs.to_file(snakemake.log[0])
 spec = selection.load_spec(snakemake.input.spec)
-tables = selection.load_tables(Path(snakemake.input.tables[0]).parent)
+cache_dir = Path(snakemake.input.tables[0]).parent
+tables = selection.load_tables(cache_dir)
 chosen = selection.resolve(spec, tables)
 chosen.to_json(snakemake.output.selection)
 resolved = json.loads(Path(snakemake.output.selection).read_text())
 if snakemake.params.preflight:
     source = sources.Source.from_config(snakemake.params.source)
-    the_plan = plan.make_plan(resolved, source, snakemake.params.cache_dir)
+    the_plan = plan.make_plan(resolved, source, cache_dir)
     logging.info("plan:\n%s", the_plan.summary(resolved))
     try:
         plan.check_space(the_plan)

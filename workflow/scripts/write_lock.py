@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 from ecephys_pipeline import download, logs
 
@@ -7,4 +8,4 @@ records = []
 for path in snakemake.input.records:
     with open(path) as handle:
         records.append(json.load(handle))
-download.write_lock(records, snakemake.output.lock, cache_dir=snakemake.params.cache_dir)
+download.write_lock(records, snakemake.output.lock, cache_dir=Path(snakemake.input.manifest).parent)
