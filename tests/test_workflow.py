@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -15,37 +12,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "workflow", "config", "envs", "profiles")
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+import workflow_helpers as helpers
 
 pytestmark = pytest.mark.e2e
-
-
-def copy_workflow(dest: Path) -> Path:
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name)
-        elif src.exists():
-            shutil.copy2(src, dest / name)
-    return dest
-
-
-def run_snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [*SNAKEMAKE, "--cores", "2", "--configfile", "config/demo.yaml", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        logs = "\n".join(
-            f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log"))
-        )
-        pytest.fail(f"snakemake failed ({proc.returncode}):\n{proc.stderr[-6000:]}\n{logs}")
-    return proc
 
 
 def nwb_spikes(path: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -61,15 +30,11 @@ def nwb_spikes(path: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    workdir = copy_workflow(tmp_path_factory.mktemp("demo"))
+    workdir = helpers.copy_workflow(tmp_path_factory.mktemp("demo"))
     # every unit, so that every unit of every NWB can be compared with the Parquet
     spec = workdir / "config" / "all_units.yaml"
-    spec.write_text(
-        "unit_filters:\n  quality: null\n  amplitude_cutoff_maximum: null\n"
-        "  presence_ratio_minimum: null\n  isi_violations_maximum: null\n"
-        "  filter_by_validity: false\n  filter_out_of_brain_units: false\n"
-    )
-    first = run_snakemake(workdir, "--config", f"selection={spec.relative_to(workdir)}")
+    spec.write_text(helpers.ALL_UNITS_SPEC)
+    first = helpers.run_snakemake(workdir, "--config", f"selection={spec.relative_to(workdir)}")
     return workdir, first
 
 
@@ -120,5 +85,5 @@ def test_every_spike_time_equals_the_nwb(demo_run):
 def test_second_run_has_nothing_to_do(demo_run):
     workdir, _ = demo_run
     spec = "config/all_units.yaml"
-    again = run_snakemake(workdir, "--config", f"selection={spec}")
+    again = helpers.run_snakemake(workdir, "--config", f"selection={spec}")
     assert "Nothing to be done" in again.stderr + again.stdout

@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 
 URL_FILE = "url"
+# A JSON list of faults (see fake_warehouse) the demo server starts with: how the tests make a
+# run slow or flaky at a chosen stage, e.g. to kill it mid-download.
+FAULTS_ENV = "ECEPHYS_DEMO_FAULTS"
 PID_FILE = "pid"
 LOG_FILE = "fake_warehouse.log"
 
@@ -67,19 +70,22 @@ def start(dataset_dir: str | Path, *, timeout: float = 60.0) -> str:
     rdir.mkdir(parents=True, exist_ok=True)
     url_path = url_file(dataset_dir)
     url_path.unlink(missing_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "ecephys_pipeline.fake_warehouse",
+        "--data",
+        str(dataset_dir),
+        "--port",
+        "0",
+        "--port-file",
+        str(url_path),
+    ]
+    for fault in json.loads(os.environ.get(FAULTS_ENV) or "[]"):
+        command += ["--fault", json.dumps(fault)]
     log = open(rdir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child process
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ecephys_pipeline.fake_warehouse",
-            "--data",
-            str(dataset_dir),
-            "--port",
-            "0",
-            "--port-file",
-            str(url_path),
-        ],
+        command,
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
