@@ -579,6 +579,14 @@ def test_lock_mismatch_is_an_error_and_sets_the_file_aside(fake, dataset, tmp_pa
     assert not dest.exists()
 
 
+def test_remote_changed_since_lock_is_not_retried(fake, tmp_path):
+    n0 = len(fake.requests)
+    dest = tmp_path / "s1.nwb"
+    with pytest.raises(DownloadError, match="remote file changed since the lock file"):
+        download_file(url(fake, 1), dest, expected={"etag": '"0123"', "url": url(fake, 1)}, **FAST)
+    assert len(new_requests(fake, n0)) == 1 and not dest.exists()
+
+
 # ----------------------------------------------------------------------------- preflight
 
 

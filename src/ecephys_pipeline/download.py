@@ -799,6 +799,7 @@ class _Transfer:
                     )
                 total = length
                 self.check_remote_identity(total, etag)
+                log.info("%s: fetching %s", self.dest.name, _fmt_bytes(total))
                 self.restart({"url": self.url, "etag": etag, "last_modified": lm, "size": total})
                 offset = 0
             self.ensure_hashed(offset)
