@@ -1,0 +1,120 @@
+"""Command line: ``python -m ecephys_pipeline <subcommand> ...``.
+
+Subcommands register themselves in :data:`SUBCOMMANDS` as ``name -> (add_arguments, run)``;
+``run(args) -> int`` is the exit status.  Add a new one (``plan``, ...) with
+:func:`register` without touching the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+AddArguments = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+SUBCOMMANDS: dict[str, tuple[str, AddArguments, Run]] = {}
+
+
+def register(name: str, help: str) -> Callable[[AddArguments], AddArguments]:
+    """Decorator for ``add_arguments(parser)``; the parser's ``run`` default is the runner."""
+
+    def deco(add_arguments: AddArguments) -> AddArguments:
+        def run(args: argparse.Namespace) -> int:
+            return args.run(args)
+
+        SUBCOMMANDS[name] = (help, add_arguments, run)
+        return add_arguments
+
+    return deco
+
+
+# -------------------------------------------------------------------------------- extract
+
+
+def _load_unit_filters(value: str | None) -> dict[str, Any] | None:
+    """``--unit-filters``: inline JSON, or a path to a JSON file (a filters object, or a
+    selection.json whose ``unit_filters`` key is used). ``null`` means "write every unit"."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.startswith(("{", "null")):
+        path = Path(value)
+        if not path.is_file():
+            raise SystemExit(f"--unit-filters: {value!r} is neither JSON nor an existing file")
+        text = path.read_text()
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--unit-filters: invalid JSON ({e})") from e
+    if isinstance(obj, dict) and "unit_filters" in obj and "sessions" in obj:
+        obj = obj["unit_filters"]
+    if obj is not None and not isinstance(obj, dict):
+        raise SystemExit("--unit-filters: expected a JSON object or null")
+    return obj
+
+
+@register("extract", help="extract one session NWB file to the Parquet datasets")
+def _extract_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nwb", required=True, type=Path, help="session NWB file")
+    p.add_argument("--out", required=True, type=Path, help="root of the Parquet datasets")
+    p.add_argument(
+        "--unit-filters",
+        default=None,
+        help="JSON object (or a file holding one, or selection.json) of unit filters; "
+        "omitted = write every unit",
+    )
+    p.add_argument("--probe-id", type=int, action="append", dest="probe_ids", default=None)
+    p.add_argument("--source-sha256", default=None, help="sha256 of the NWB (else computed)")
+    p.set_defaults(run=_extract_run)
+
+
+def _extract_run(args: argparse.Namespace) -> int:
+    from .extract import extract_session
+    from .nwb import NwbError
+
+    try:
+        result = extract_session(
+            args.nwb,
+            args.out,
+            unit_filters=_load_unit_filters(args.unit_filters),
+            probe_ids=args.probe_ids,
+            source_sha256=args.source_sha256,
+        )
+    except (NwbError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+# --------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ecephys_pipeline")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_arguments, _run) in SUBCOMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    _help, _add, run = SUBCOMMANDS[args.command]
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
