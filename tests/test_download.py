@@ -179,6 +179,16 @@ def test_progress_callable_is_called(fake, dataset, tmp_path, monkeypatch):
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 
+def test_progress_log_lines(fake, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(dl, "PROGRESS_INTERVAL", 0.0)
+    fake.set_faults([{"kind": "bandwidth", "match": "session_1.nwb", "bytes_per_second": 8 * MiB}])
+    with caplog.at_level("INFO", logger="ecephys_pipeline.download"):
+        download_file(url(fake, 1), tmp_path / "p.nwb")
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("MB/s, ETA" in m and "%" in m and "of 3.0 MiB" in m for m in lines), lines
+    assert any(m.startswith("p.nwb: done, 3.0 MiB") for m in lines)
+
+
 # ----------------------------------------------------------------------------- fault matrix
 
 
@@ -331,6 +341,29 @@ def test_parallel_range_dropped_is_resumed(fake, dataset, tmp_path, monkeypatch)
     dest = tmp_path / "s2.nwb"
     rec = download_file(url(fake, 2), dest, connections=4, **FAST)
     assert_clean_success(rec, dest, source(dataset, 2))
+
+
+def test_parallel_stalled_range_is_detected_and_resumed(
+    fake, dataset, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setattr(dl, "MIN_RANGE", MiB)
+    # times=2: the one-byte probe request takes one (it never reaches 1 MiB), one range stalls
+    fake.set_faults(
+        [{"kind": "stall", "match": "session_2.nwb", "times": 2, "after_bytes": MiB,
+          "seconds": 30}]
+    )  # fmt: skip
+    n0 = len(fake.requests)
+    dest = tmp_path / "s2.nwb"
+    t0 = time.monotonic()
+    with caplog.at_level("WARNING", logger="ecephys_pipeline.download"):
+        rec = download_file(url(fake, 2), dest, connections=4, read_timeout=1, **FAST)
+    assert time.monotonic() - t0 < 10
+    assert_clean_success(rec, dest, source(dataset, 2))
+    assert any("Read timed out" in r.getMessage() for r in caplog.records)
+    starts = [int(r["range"][6:].split("-")[0]) for r in ranged(new_requests(fake, n0, 2))]
+    assert len(starts) == 6  # probe + 4 ranges + the stalled range resumed mid-way
+    step = -(-source(dataset, 2).stat().st_size // 4)
+    assert any(0 < s % step <= MiB for s in starts), starts  # resumed inside the stalled range
 
 
 def test_html_page_with_200_is_refused_clearly(fake, dataset, tmp_path):

@@ -939,7 +939,10 @@ class _Transfer:
                     self.url, headers=headers, stream=True, timeout=self.timeout
                 ) as resp:
                     if resp.status_code == 200:
-                        raise _RangesUnsupported("the server answered a Range request with 200")
+                        raise _RangesUnsupported(
+                            "the server answered a Range request with 200 (ranges ignored, or "
+                            "the file changed)"
+                        )
                     if resp.status_code != 206:
                         raise _status_failure(resp, self.url)
                     cr = _parse_content_range(resp.headers.get("Content-Range"))
@@ -1015,10 +1018,11 @@ class _Transfer:
         self.hasher, self.hashed = None, 0
 
     def _persist_ranges(self, fd: int, lock: threading.Lock) -> None:
-        # fsync before recording progress so the sidecar never claims bytes that are not on disk
-        os.fsync(fd)
+        # Snapshot (counts only bytes already pwritten), then fsync, then record: the sidecar
+        # never claims bytes that are not on disk, even after a power loss.
         with lock:
             snapshot = json.loads(json.dumps(self.meta))
+        os.fsync(fd)
         _atomic_write_json(self.sidecar, snapshot)
 
     def _probe_ranges(self) -> RemoteInfo:
@@ -1285,7 +1289,8 @@ def _download(
             )
             return rec
         progressed = t.fetched > fetched_before and not fail.verify and t.part_size() > before
-        have = t.part_size()
+        ranges = (t.meta or {}).get("ranges")
+        have = sum(r[2] for r in ranges) if ranges else t.part_size()  # parallel .part is sparse
         tot = (t.meta or {}).get("size")
         history.append(
             f"attempt {attempt}: {fail.reason}; .part has {have}"
