@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import subprocess
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ecephys_pipeline import synth
+from ecephys_pipeline import catalog_real, synth
 
 UNIT_COLUMNS = (
     "peak_channel_id local_index cluster_id quality firing_rate isi_violations presence_ratio "
@@ -490,3 +492,278 @@ def test_bad_arguments(tmp_path):
         synth.make_dataset(tmp_path / "x", probes_per_session=7)
     with pytest.raises(FileNotFoundError, match="not a synthetic dataset"):
         synth.ensure_session_nwb(tmp_path / "nothing", 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# realistic catalogue
+
+
+def test_realistic_catalogue(tmp_path):
+    ds = synth.make_dataset(tmp_path / "real", seed=0, realistic=True)
+    meta = json.loads((ds / "dataset.json").read_text())
+    assert meta["realistic"] is True and meta["files"] == "lazy"
+    assert not list((ds / "files").rglob("*.nwb"))
+    rec = _records(ds)
+    sessions = rec["EcephysSession"]
+    assert [s["id"] for s in sessions] == list(catalog_real.SESSION_IDS)
+    assert len(sessions) == 58
+    assert set(catalog_real.KNOWN_SESSION_IDS) <= {s["id"] for s in sessions}
+    types = [s["stimulus_name"] for s in sessions]
+    assert (
+        types.count("brain_observatory_1.1") == 32 and types.count("functional_connectivity") == 26
+    )
+    genos = pd.Series([s["specimen"]["donor"]["full_genotype"] for s in sessions]).value_counts()
+    assert sorted(genos.tolist()) == [8, 8, 12, 30] and genos["wt/wt"] == 30
+    ages = [s["specimen"]["donor"]["age"]["days"] for s in sessions]
+    assert min(ages) >= 96 and max(ages) <= 129
+    assert {s["published_at"] for s in sessions} == {"2019-10-03T00:00:00Z"}
+    s0 = sessions[0]
+    assert s0["id"] == 715093703 and s0["specimen_id"] == 699733581
+    assert s0["specimen"]["donor"]["full_genotype"].startswith("Sst-IRES-Cre")
+    probes = pd.DataFrame(rec["EcephysProbe"])
+    assert len(probes) == 332 and probes["id"].is_unique
+    per = probes.groupby("ecephys_session_id").size()
+    assert set(per) == {5, 6} and per[732592105] == 5
+    no_lfp = probes[~probes["use_lfp_data"]]
+    assert sorted(no_lfp["id"]) == sorted(catalog_real.NO_LFP_PROBE_IDS)
+    want = {p: s for s, ps in catalog_real.NO_LFP_PROBES.items() for p in ps}
+    assert dict(zip(no_lfp["id"], no_lfp["ecephys_session_id"], strict=True)) == want
+    a = probes[probes["ecephys_session_id"] == 715093703].sort_values("name")
+    assert list(a["id"]) == [810755797, 810755799, 810755801, 810755803, 810755805, 810755807]
+    wkf = pd.DataFrame(rec["WellKnownFile"])
+    nwb = wkf[wkf["attachable_type"] == "EcephysSession"].set_index("attachable_id")["id"]
+    assert [nwb[s] for s in catalog_real.SESSION_IDS] == list(catalog_real.SESSION_NWB_WKF_IDS)
+    assert nwb[791319847] == 1026124645
+    lfp = wkf[wkf["attachable_type"] == "EcephysProbe"]
+    assert len(lfp) == 325 and not set(lfp["attachable_id"]) & set(catalog_real.NO_LFP_PROBE_IDS)
+    assert lfp.set_index("attachable_id").loc[810755797, "id"] == 1026124481
+    assert wkf["id"].is_unique
+    chans = pd.DataFrame(rec["EcephysChannel"])
+    assert chans["id"].is_unique
+    assert chans.groupby("ecephys_probe_id").size().between(358, 374).all()
+    assert 115_000 < len(chans) < 125_000
+    units = pd.DataFrame(rec["EcephysUnit"])
+    assert units["id"].is_unique
+    # a realistic session file is generated on demand
+    path = synth.ensure_session_nwb(ds, 715093703)
+    with h5py.File(path, "r") as f:
+        assert f["identifier"][()].decode() == "715093703"
+        assert f["general/devices/probeA"].attrs["probe_id"] == 810755797
+        assert len(f["general/extracellular_ephys/electrodes/id"]) == 6 * 384
+
+
+# ------------------------------------------------------------------------------------------------
+# Gen-1 variant
+
+
+def test_gen1_layout(synth_gen1_nwb, tmp_path):
+    path = synth_gen1_nwb
+    again = synth.write_gen1_session_nwb(tmp_path / "again.nwb", seed=0)
+    assert _sha(again) == _sha(path)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["nwb_version"] == "2.0b"
+        assert "specifications" not in f and "object_id" not in f.attrs
+        assert f["session_description"][()].decode() == "EcephysSession"
+        meta = f["general/lab_meta_data/metadata"]
+        assert meta.attrs["neurodata_type"] == "EcephysLabMetaData"
+        assert meta.attrs["namespace"] == "AIBS_ecephys"
+        for k in (
+            "specimen_name",
+            "age_in_days",
+            "full_genotype",
+            "strain",
+            "sex",
+            "stimulus_name",
+        ):
+            assert k in meta.attrs
+        ee = f["general/extracellular_ephys"]
+        probe_names = [k for k in ee if k != "electrodes"]
+        assert probe_names and all(k.isdigit() for k in probe_names)
+        g = ee[probe_names[0]]
+        assert g.attrs["neurodata_type"] == "EcephysProbe"
+        assert g.attrs["description"].startswith("probe")
+        assert f["general/devices"][probe_names[0]].attrs["neurodata_type"] == "Device"
+        el = ee["electrodes"]
+        assert list(el.attrs["colnames"]) == [
+            "probe_id", "valid_data", "local_index", "probe_vertical_position",
+            "probe_horizontal_position", "manual_structure_id", "manual_structure_acronym",
+            "group",
+        ]  # fmt: skip
+        for absent in ("x", "location", "group_name", "filtering"):
+            assert absent not in el
+        assert el["manual_structure_id"].dtype.kind == "O"
+        assert "" in set(el["manual_structure_id"].asstr()[:])
+        assert "None" in set(el["manual_structure_acronym"].asstr()[:])
+        assert f[el["group"][0]] == g
+        u = f["units"]
+        st = u["spike_times"][:]
+        idx = u["spike_times_index"][:]
+        assert (st == -1).any()
+        segs = np.split(st, idx[:-1])
+        assert any((np.diff(s) < 0).any() for s in segs)
+        assert len(u["spike_amplitudes"]) == len(st)
+        assert u["waveform_mean"].shape == (len(idx) * 384, 82)
+        assert list(f["intervals"]) == ["epochs"]
+        ep = f["intervals/epochs"]
+        assert (np.diff(ep["start_time"][:]) >= 0).all()
+        assert set(ep["tags"].asstr()[:]) == {"stimulus_epoch"}
+        assert len(set(ep["stimulus_name"].asstr()[:])) >= 3
+        assert f["processing/running/running_speed/timestamps"].shape[0] == 2
+        assert "running_speed_end_times" not in f["processing/running"]
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli(tmp_path):
+    out = tmp_path / "cli"
+    r = subprocess.run(
+        [sys.executable, "-m", "ecephys_pipeline.synth", "--out", str(out), "--seed", "5",
+         "--sessions", "1", "--probes-per-session", "2", "--units-per-probe", "6",
+         "--duration", "40", "--index-dtype", "uint32", "--lazy"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["seed"] == 5 and meta["params"]["index_dtype"] == "uint32"
+    assert meta["params"]["units_per_probe"] == 6 and meta["files"] == "lazy"
+    assert len(_records(out)["EcephysProbe"]) == 2
+    assert not list((out / "files").rglob("*.nwb"))
+    r = subprocess.run(
+        [sys.executable, "-m", "ecephys_pipeline.synth", "--out", str(tmp_path / "bad"),
+         "--probes-per-session", "9"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2 and "probes_per_session" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# AllenSDK 2.16.2 oracle
+
+ALLENSDK_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, warnings
+    warnings.simplefilter("ignore")
+    import pynwb
+    from allensdk.brain_observatory.ecephys.ecephys_session import EcephysSession
+    from allensdk.brain_observatory.ecephys.ecephys_session_api import EcephysNwbSessionApi
+
+    session_path, lfp_paths = sys.argv[1], {int(k): v for k, v in json.loads(sys.argv[2]).items()}
+    off = {"amplitude_cutoff_maximum": None, "presence_ratio_minimum": None,
+           "isi_violations_maximum": None, "filter_by_validity": False,
+           "filter_out_of_brain_units": False}
+    out = {}
+    s = EcephysSession.from_nwb_path(session_path, api_kwargs=off)
+    out["session_id"] = int(s.ecephys_session_id)
+    out["unit_ids"] = sorted(int(x) for x in s.units.index)
+    st = s.spike_times
+    out["spike_counts"] = {str(k): len(v) for k, v in st.items()}
+    out["sorted"] = all(bool((v[1:] >= v[:-1]).all()) for v in st.values())
+    mw = s.mean_waveforms
+    out["wf_shapes"] = sorted({tuple(v.shape) for v in mw.values()})
+    sp = s.stimulus_presentations
+    out["n_presentations"] = len(sp)
+    out["stimulus_names"] = sorted(set(sp["stimulus_name"]))
+    out["n_running"] = len(s.running_speed)
+    out["probes"] = {str(i): bool(r["has_lfp_data"]) for i, r in s.probes.iterrows()}
+    out["metadata"] = {k: str(v) for k, v in s.api.get_metadata().items()}
+    # LFP the way AllenSDK's cache opens it (read_nwb: NWBHDF5IO(path, "r").read())
+    def opener(p):
+        def f():
+            n = pynwb.NWBHDF5IO(str(p), "r").read()
+            n.identifier
+            return n
+        return f
+    api = EcephysNwbSessionApi(path=session_path,
+                               probe_lfp_paths={k: opener(v) for k, v in lfp_paths.items()}, **off)
+    s2 = EcephysSession(api=api, test=True)
+    out["lfp"] = {str(k): [list(s2.get_lfp(k).shape),
+                           list(s2.get_current_source_density(k).shape)] for k in lfp_paths}
+    # default filters (quality good, metric filters, valid + in-brain peak channel)
+    default = EcephysSession.from_nwb_path(session_path).units.index
+    out["default_unit_ids"] = sorted(int(x) for x in default)
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+
+def _allensdk_python() -> str:
+    exe = os.environ.get("ALLENSDK_PYTHON") or "/opt/allensdk-venv/bin/python"
+    if not Path(exe).exists():
+        pytest.skip(f"AllenSDK python not found ({exe}); set ALLENSDK_PYTHON")
+    return exe
+
+
+@pytest.mark.allensdk
+def test_allensdk_opens_session_and_lfp(synth_dataset, tmp_path):
+    exe = _allensdk_python()
+    rec = _records(synth_dataset)
+    chan = pd.DataFrame(rec["EcephysChannel"]).set_index("id")
+    struct = {s["id"]: s["acronym"] for s in rec["Structure"]}
+    s = rec["EcephysSession"][0]
+    probes = [p for p in rec["EcephysProbe"] if p["ecephys_session_id"] == s["id"]]
+    assert any(not p["use_lfp_data"] for p in probes)
+    lfp = {
+        str(p["id"]): str(synth.lfp_nwb_path(synth_dataset, s["id"], p["id"]))
+        for p in probes
+        if p["use_lfp_data"]
+    }
+    script = tmp_path / "check.py"
+    script.write_text(ALLENSDK_SCRIPT)
+    r = subprocess.run(
+        [exe, str(script), str(synth.session_nwb_path(synth_dataset, s["id"])), json.dumps(lfp)],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    lines = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+    assert r.returncode == 0 and lines, r.stderr[-4000:]
+    out = json.loads(lines[-1][len("RESULT ") :])
+    pids = {p["id"] for p in probes}
+    units = [
+        u
+        for u in rec["EcephysUnit"]
+        if chan.loc[u["ecephys_channel_id"], "ecephys_probe_id"] in pids
+    ]
+    assert out["session_id"] == s["id"]
+    assert out["unit_ids"] == sorted(u["id"] for u in units)
+    assert out["sorted"]
+    assert out["wf_shapes"] == [[384, 82]]
+    assert sum(out["spike_counts"].values()) > 1000
+    assert len(out["stimulus_names"]) >= 2 and out["n_presentations"] > 10
+    assert out["n_running"] > 1000
+    assert out["probes"] == {str(p["id"]): p["use_lfp_data"] for p in probes}
+    assert out["metadata"]["stimulus_name"] == s["stimulus_name"]
+    assert out["metadata"]["specimen_name"] == s["specimen"]["name"]
+    for pid, (lfp_shape, csd_shape) in out["lfp"].items():
+        assert lfp_shape[1] >= 80 and csd_shape == [384, 875], pid
+    # AllenSDK's default filters select exactly what the records say they should
+    want = sorted(
+        u["id"]
+        for u in units
+        if u["quality"] == "good"
+        and u["amplitude_cutoff"] <= 0.1
+        and u["presence_ratio"] >= 0.95
+        and u["isi_violations"] <= 0.5
+        and struct.get(chan.loc[u["ecephys_channel_id"], "structure_id"]) is not None
+    )
+    assert out["default_unit_ids"] == want
+    assert len(want) < len(units)
+
+
+def test_full_size_session_scaled_down(tmp_path):
+    """make_full_size_session at a small scale: unit count, spike target, pynwb readability."""
+    path = synth.make_full_size_session(
+        tmp_path / "full.nwb", seed=1, units=40, spikes=2e5, probes=2
+    )
+    with h5py.File(path, "r") as f:
+        assert len(f["units/id"]) >= 40
+        assert len(f["units/spike_times"]) >= 2e5 * 0.95
+        assert len(f["general/devices"]) == 2
+        assert f.attrs["nwb_version"] == "2.2.2"
+    io, nwb = _read_nwb(path)
+    with io:
+        assert len(nwb.units) >= 40
+    again = synth.make_full_size_session(
+        tmp_path / "again.nwb", seed=1, units=40, spikes=2e5, probes=2
+    )
+    assert _sha(again) == _sha(path)
