@@ -168,10 +168,10 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def parquet_digests(workdir: Path) -> dict[str, str]:
+def digests(workdir: Path, under: str, pattern: str) -> dict[str, str]:
     return {
         str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted((workdir / "results").rglob("*.parquet"))
+        for p in sorted((workdir / under).rglob(pattern))
     }
 
 
@@ -257,7 +257,15 @@ def test_demo_on_slurm_matches_local_run(cluster: Cluster, tmp_path: Path) -> No
     run_snakemake(local, "--cores", "2", *demo)
     assert "has been submitted with SLURM jobid" not in (local / "snakemake-run.log").read_text()
 
-    on_cluster, here = parquet_digests(on_slurm), parquet_digests(local)
+    # Same inputs first (the synthetic dataset and the downloaded copies), or a Parquet
+    # difference would say nothing about SLURM.
+    nwb_here = digests(local, "resources", "*.nwb")
+    assert nwb_here, "the local demo run has no NWB files under resources/"
+    nwb_cluster = digests(on_slurm, "resources", "*.nwb")
+    assert nwb_cluster == nwb_here, "the two runs had different NWB files (dataset changed?)"
+
+    here = digests(local, "results", "*.parquet")
+    on_cluster = digests(on_slurm, "results", "*.parquet")
     assert here, "the local demo run wrote no Parquet"
     assert on_cluster.keys() == here.keys()
     differing = [name for name in here if on_cluster[name] != here[name]]

@@ -5,13 +5,17 @@
 # .ci/test-suite.sh; run it by hand the same way:  bash .ci/slurm/run-test.sh
 #
 #   SLURM_TEST_TIMEOUT_S   upper bound for the pytest run (default 1500 s)
-#   PYTEST                 pytest to use (default: pytest on PATH, else .venv/bin/pytest)
+#   SLURM_TEST_TMP         pytest --basetemp: the runs' work directories are left there for
+#                          inspection (default /tmp/ecephys-slurm-test; emptied at each start)
+#   PYTHON                 interpreter with the project and pytest installed (default: .venv's,
+#                          else python3 on PATH); Snakemake runs from the same environment
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 TIMEOUT_S="${SLURM_TEST_TIMEOUT_S:-1500}"
-if [[ -z ${PYTEST:-} ]]; then
-    if command -v pytest >/dev/null; then PYTEST=pytest; else PYTEST=.venv/bin/pytest; fi
+BASETEMP="${SLURM_TEST_TMP:-/tmp/ecephys-slurm-test}"
+if [[ -z ${PYTHON:-} ]]; then
+    if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 T0=$EPOCHREALTIME
 since() { awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}'; }
@@ -33,7 +37,8 @@ bash .ci/slurm/up.sh
 echo "[slurm-test +$(since)s] cluster up; running pytest -m slurm (timeout ${TIMEOUT_S}s)"
 
 # SIGINT, not SIGTERM: Snakemake with the SLURM plugin ignores SIGTERM.
-timeout -s INT -k 60 "$TIMEOUT_S" "$PYTEST" -m slurm -p no:cacheprovider -v tests/test_slurm.py
+timeout -s INT -k 60 "$TIMEOUT_S" "$PYTHON" -m pytest -m slurm -p no:cacheprovider \
+    --basetemp="$BASETEMP" -v tests/test_slurm.py
 echo "[slurm-test +$(since)s] pytest passed"
 if [[ $(sacct -X -n -o JobID 2>/dev/null | wc -l) -gt 0 ]]; then
     echo "[slurm-test] jobs in sacct (last 12):"

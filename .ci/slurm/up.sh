@@ -238,5 +238,6 @@ fi
 wait_for 60 "node $NODE idle (sinfo: $(sinfo -h -o '%t %E' 2>&1 || true))" node_idle
 # Smoke test: one real job step through slurmctld -> slurmd (also proves munge auth end to end).
 timeout -s INT 60 srun --quiet -N1 -n1 -t 1 true || die "srun smoke test failed"
+wait_for 30 "node $NODE idle again after the smoke test" node_idle
 step "cluster up: variant $VARIANT, node $NODE idle, srun works"
 sinfo
