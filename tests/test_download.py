@@ -521,6 +521,31 @@ def test_part_larger_than_the_remote_file_restarts(fake, dataset, tmp_path):
     assert_clean_success(rec, dest, source(dataset, 1))
 
 
+def _stale_part(fake, dest: Path, size: int, etag: str) -> None:
+    Path(f"{dest}.part").write_bytes(os.urandom(MiB))  # bytes of an older version
+    meta = {"url": url(fake, 1), "etag": etag, "last_modified": None, "size": size}
+    Path(f"{dest}.part.json").write_text(json.dumps(meta))
+
+
+def test_part_of_an_older_remote_version_is_not_spliced(fake, dataset, tmp_path):
+    dest = tmp_path / "s1.nwb"
+    _stale_part(fake, dest, SMALL_SIZE(dataset), '"older-version"')
+    n0 = len(fake.requests)
+    rec = download_file(url(fake, 1), dest, **FAST)  # If-Range fails -> 200 -> restart at 0
+    assert_clean_success(rec, dest, source(dataset, 1))
+    assert [r["status"] for r in ranged(new_requests(fake, n0, 1))] == [200]
+
+
+def test_part_with_an_etag_other_than_the_lock_is_discarded(fake, dataset, tmp_path):
+    dest = tmp_path / "s1.nwb"
+    _stale_part(fake, dest, SMALL_SIZE(dataset), '"older-version"')
+    current = dl.remote_info(url(fake, 1)).etag
+    n0 = len(fake.requests)
+    rec = download_file(url(fake, 1), dest, expected={"etag": current, "url": url(fake, 1)})
+    assert_clean_success(rec, dest, source(dataset, 1))
+    assert ranged(new_requests(fake, n0, 1)) == []  # not even tried
+
+
 def test_second_downloader_of_the_same_file_is_refused(fake, tmp_path):
     dest = tmp_path / "s1.nwb"
     with dl._DestLock(dest):

@@ -659,6 +659,13 @@ class _Transfer:
             why = f"it came from another URL ({meta.get('url')})"
         elif self.exp.get("size") is not None and meta.get("size") not in (None, self.exp["size"]):
             why = f"its remote size {meta.get('size')} differs from the expected {self.exp['size']}"
+        elif (
+            self.exp.get("etag")
+            and meta.get("etag")
+            and self.exp.get("url") == self.url
+            and meta["etag"] != self.exp["etag"]
+        ):
+            why = f"its ETag {meta['etag']} differs from the expected {self.exp['etag']}"
         if why:
             log.warning(
                 "%s: discarding %s (%s): %s", self.dest.name, self.part, _fmt_bytes(size), why
