@@ -240,39 +240,50 @@ _ELECTRODE_EXTRA = (
 )
 
 
-_NO_LOCATION = "\x00none"
-
-
 def _add_electrodes(nwbfile: Any, groups: list[tuple[Any, dict[str, np.ndarray], np.ndarray]]):
-    """Add electrode rows: (group, channel table, row mask) per probe, in probe order.
+    """Set the electrodes table: (group, channel table, row mask) per probe, in probe order.
 
-    Channels outside the brain have ``location=""`` in the Allen files; current pynwb refuses an
-    empty location in ``add_electrode``, so a placeholder is written and replaced afterwards.
+    Built column-wise (``add_electrode`` is slow and refuses the empty ``location`` that
+    out-of-brain channels have in the Allen files).
     """
+    from hdmf.common import VectorData
+    from pynwb.ecephys import ElectrodesTable
+
+    sel = [(g, t, np.flatnonzero(m)) for g, t, m in groups]
+
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([t[key][i] for _, t, i in sel])
+
+    n = sum(len(i) for _, _, i in sel)
+    group_col = [g for g, _, i in sel for _ in range(len(i))]
+    cols = {
+        "x": (cat("x"), "x coordinate of the channel location in the brain (AP CCF, um)"),
+        "y": (cat("y"), "y coordinate of the channel location in the brain (DV CCF, um)"),
+        "z": (cat("z"), "z coordinate of the channel location in the brain (LR CCF, um)"),
+        "imp": (np.full(n, np.nan), "the impedance of the channel"),
+        "location": (
+            cat("location"),
+            "the location of channel within the subject e.g. brain region",
+        ),
+        "filtering": (np.array([FILTERING] * n, dtype=object), "description of hardware filtering"),
+        "group": (group_col, "a reference to the ElectrodeGroup this electrode is a part of"),
+        "group_name": (
+            np.array([g.name for g in group_col], dtype=object),
+            "the name of the ElectrodeGroup this electrode is a part of",
+        ),
+    }
     for name, desc in _ELECTRODE_EXTRA:
-        nwbfile.add_electrode_column(name=name, description=desc)
-    for group, tab, mask in groups:
-        for i in np.flatnonzero(mask):
-            nwbfile.add_electrode(
-                id=int(tab["id"][i]),
-                x=float(tab["x"][i]),
-                y=float(tab["y"][i]),
-                z=float(tab["z"][i]),
-                imp=float("nan"),
-                location=str(tab["location"][i]) or _NO_LOCATION,
-                filtering=FILTERING,
-                group=group,
-                group_name=group.name,
-                probe_vertical_position=int(tab["probe_vertical_position"][i]),
-                probe_horizontal_position=int(tab["probe_horizontal_position"][i]),
-                probe_id=int(group.probe_id),
-                local_index=int(tab["local_index"][i]),
-                valid_data=bool(tab["valid_data"][i]),
-            )
-    loc = nwbfile.electrodes["location"].data
-    for i, v in enumerate(loc):
-        if v == _NO_LOCATION:
-            loc[i] = ""
+        if name == "probe_id":
+            data = np.concatenate([np.full(len(i), g.probe_id, np.int64) for g, _, i in sel])
+        else:
+            data = cat(name)
+        cols[name] = (data, desc)
+    table = ElectrodesTable(
+        id=cat("id"),
+        columns=[VectorData(name=k, description=d, data=v) for k, (v, d) in cols.items()],
+        colnames=list(cols),
+    )
+    nwbfile.electrodes = table
 
 
 def _assign_object_ids(nwbfile: Any, key: str) -> None:

@@ -220,7 +220,10 @@ class SessionPlan:
 def _plan_synthetic(seed: int, knobs: Knobs) -> list[SessionPlan]:
     rng = rng_for(seed, "sessions")
     n = knobs.sessions
-    sids = sorted(int(x) for x in rng.choice(np.arange(715_000_000, 847_000_000), n, replace=False))
+    sids_set: set[int] = set()
+    while len(sids_set) < n:
+        sids_set.add(int(rng.integers(715_000_000, 847_000_000)))
+    sids = sorted(sids_set)
     genos = [real.WT, real.SST, real.PVALB, real.VIP]
     plans = []
     for i, sid in enumerate(sids):
