@@ -1,0 +1,654 @@
+"""AllenSDK 2.16.2 as an independent oracle for the fake warehouse, the synthetic NWB files and
+our outputs (issue 8). See tests/oracle/README.md.
+
+One module-scoped fixture does all the work: it serves a synthetic dataset from the fake
+warehouse, fetches the metadata our way (dir A), runs the demo workflow, extracts one session to
+Parquet, then runs ONE AllenSDK subprocess (``tests/oracle/allensdk_oracle.py``, in AllenSDK's own
+virtualenv) that reads the same things AllenSDK's way and writes what it got to JSON / ``.npz``.
+The tests below only compare; every failure names the table, column, row id and both values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+import workflow_helpers as helpers
+from ecephys_pipeline import extract, metadata, selection
+from ecephys_pipeline.fake_warehouse import FakeWarehouse
+from ecephys_pipeline.sources import Source, fetch_table
+
+ORACLE_SCRIPT = Path(__file__).parent / "oracle" / "allensdk_oracle.py"
+TABLES = ("sessions", "probes", "channels", "units")
+ORACLE_TIMEOUT_S = 300
+
+
+def allensdk_python() -> str | None:
+    env = os.environ.get("ALLENSDK_PYTHON")
+    if env:
+        return env
+    default = "/opt/allensdk-venv/bin/python"
+    return default if Path(default).exists() else None
+
+
+ALLENSDK_PYTHON = allensdk_python()
+
+pytestmark = [
+    pytest.mark.allensdk,
+    pytest.mark.skipif(
+        ALLENSDK_PYTHON is None,
+        reason="no AllenSDK interpreter: set ALLENSDK_PYTHON (make oracle builds .venv-allensdk) "
+        "or install AllenSDK 2.16.2 at /opt/allensdk-venv",
+    ),
+]
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+class Tripwire:
+    """A real HTTP server that must never be asked for anything: it records and answers 503."""
+
+    def __init__(self):
+        self.requests: list[str] = []
+        seen = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - BaseHTTPRequestHandler's name
+                seen.append(f"{self.command} {self.path}")
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_HEAD = do_POST = do_GET  # noqa: N815
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def same(a, b) -> bool:
+    """Exact equality; NaN equals NaN, and None equals NaN (a missing value is missing)."""
+    if missing(a) or missing(b):
+        return missing(a) and missing(b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return a == b
+
+
+def py(v):
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [py(x) for x in v]
+    if v is pd.NA or v is pd.NaT:
+        return None
+    return v.item() if hasattr(v, "item") and not isinstance(v, str) else v
+
+
+def frame_rows(payload: dict) -> dict:
+    """AllenSDK's frame (as the oracle wrote it) -> {row id: {column: value}}."""
+    cols = payload["columns"]
+    pairs = zip(payload["index"], payload["rows"], strict=True)
+    return {i: dict(zip(cols, row, strict=True)) for i, row in pairs}
+
+
+def dtype_name(dtype) -> str:
+    # pandas 3 infers the "str" dtype where pandas 1.5 (AllenSDK's) has object
+    name = str(dtype)
+    return "object" if name in ("str", "string") else name
+
+
+def compare_frame(what: str, ours: pd.DataFrame, theirs: dict, *, dtypes: bool = True) -> list:
+    """Every difference between our frame and AllenSDK's, as readable lines."""
+    problems = []
+    if ours.index.name != theirs["index_name"]:
+        problems.append(
+            f"{what}: index name ours={ours.index.name!r} AllenSDK={theirs['index_name']!r}"
+        )
+    if list(ours.columns) != theirs["columns"]:
+        problems.append(
+            f"{what}: columns differ\n  ours    ={list(ours.columns)}"
+            f"\n  AllenSDK={theirs['columns']}"
+        )
+    mine_ids = [py(i) for i in ours.index]
+    if mine_ids != theirs["index"]:
+        only_ours = sorted(set(mine_ids) - set(theirs["index"]))[:10]
+        only_theirs = sorted(set(theirs["index"]) - set(mine_ids))[:10]
+        problems.append(
+            f"{what}: row ids (or their order) differ: only ours {only_ours}, "
+            f"only AllenSDK {only_theirs}"
+        )
+    if dtypes:
+        for col, theirs_dt in theirs["dtypes"].items():
+            if col in ours.columns and dtype_name(ours[col].dtype) != theirs_dt:
+                problems.append(
+                    f"{what}: column {col} dtype ours={ours[col].dtype} AllenSDK={theirs_dt}"
+                )
+    rows = frame_rows(theirs)
+    for rid, row in rows.items():
+        if rid not in ours.index:
+            continue
+        for col, value in row.items():
+            if col not in ours.columns:
+                continue
+            got = py(ours.at[rid, col])
+            if not same(got, value):
+                problems.append(f"{what}: id {rid} column {col}: ours={got!r} AllenSDK={value!r}")
+    return problems
+
+
+def check(problems: list, limit: int = 25) -> None:
+    assert not problems, f"{len(problems)} difference(s) from AllenSDK:\n" + "\n".join(
+        problems[:limit]
+    )
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------ the one run
+
+
+@pytest.fixture(scope="module")
+def run(synth_dataset, tmp_path_factory):
+    root = Path(synth_dataset)
+    tmp = tmp_path_factory.mktemp("allensdk_oracle")
+    probes = json.loads((root / "warehouse/EcephysProbe.json").read_text())
+    by_session: dict[int, list[dict]] = {}
+    for p in probes:
+        by_session.setdefault(p["ecephys_session_id"], []).append(p)
+    # a session with a probe that has LFP and one that has not
+    sid = next(s for s, ps in sorted(by_session.items())
+               if {p["use_lfp_data"] for p in ps} == {True, False})  # fmt: skip
+    lfp_probe = next(p["id"] for p in by_session[sid] if p["use_lfp_data"])
+    no_lfp_probe = next(p["id"] for p in by_session[sid] if not p["use_lfp_data"])
+    nwb = root / f"files/session_{sid}/session_{sid}.nwb"
+    lfp_files = {
+        str(p["id"]): str(root / f"files/session_{sid}/probe_{p['id']}_lfp.nwb")
+        for p in by_session[sid]
+        if p["use_lfp_data"]
+    }
+
+    # our Parquet for every session, every unit
+    parquet = tmp / "parquet"
+    session_files = {str(s): str(root / f"files/session_{s}/session_{s}.nwb") for s in by_session}
+    for path in session_files.values():
+        extract.extract_session(path, parquet, unit_filters=None)
+
+    ours_dir, theirs_dir = tmp / "ours", tmp / "allensdk_cache"
+    workdir = helpers.copy_workflow(tmp / "workflow")
+    wf_cache = workdir / "resources/allen_cache"
+    with FakeWarehouse(root) as fw, Tripwire() as trip:
+        source = Source("warehouse", fw.url)
+        for table in TABLES:
+            metadata.write_table_csv(fetch_table(source, table), ours_dir / f"{table}.csv")
+        metadata.write_cache_manifest(ours_dir)
+        fw.clear_requests()
+        # Two AllenSDK processes, not one: the first (warehouse + NWB) runs while the demo
+        # workflow runs (it needs nothing from it), which saves ~40 s; the second needs the
+        # workflow's cache. Importing AllenSDK costs ~4 s per process.
+        first = start_oracle(
+            tmp / "oracle_first",
+            warehouse={
+                "host": fw.url.removeprefix("http://"),
+                "manifest": str(theirs_dir / "manifest.json"),
+                "session_id": sid,
+                "lfp_probe_id": lfp_probe,
+                "no_lfp_probe_id": no_lfp_probe,
+            },
+            nwb={"path": str(nwb), "lfp": lfp_files, "stimulus_paths": session_files},
+        )
+        try:
+            helpers.run_snakemake(workdir)  # the demo: its cache must open in AllenSDK offline
+        finally:
+            result = finish_oracle(first, timeout=ORACLE_TIMEOUT_S)
+        fake_requests = list(fw.requests)
+        sel = json.loads((workdir / "results/selection/selection.json").read_text())
+        wf_session = sel["sessions"][0]
+        wf_lfp = next((p["probe_id"] for p in wf_session["probes"] if p.get("download_lfp")), None)
+        second = start_oracle(
+            tmp / "oracle_second",
+            offline={
+                "host": trip.host,
+                "manifest": str(wf_cache / "manifest.json"),
+                "session_id": wf_session["session_id"],
+                "lfp_probe_id": wf_lfp,
+            },
+        )
+        result.update(finish_oracle(second, timeout=ORACLE_TIMEOUT_S))
+        tripwire_requests = list(trip.requests)
+    with np.load(tmp / "oracle_first" / "nwb_arrays.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return {
+        "root": root,
+        "sid": sid,
+        "nwb": nwb,
+        "lfp_probe": lfp_probe,
+        "no_lfp_probe": no_lfp_probe,
+        "lfp_files": lfp_files,
+        "parquet": parquet,
+        "session_ids": sorted(by_session),
+        "ours": ours_dir,
+        "theirs": theirs_dir,
+        "wf_cache": wf_cache,
+        "wf_session": wf_session,
+        "wf_lfp": wf_lfp,
+        "result": result,
+        "arrays": arrays,
+        "fake_requests": fake_requests,
+        "tripwire_requests": tripwire_requests,
+    }
+
+
+def start_oracle(out: Path, **sections) -> tuple[subprocess.Popen, Path]:
+    """Start tests/oracle/allensdk_oracle.py in AllenSDK's interpreter on a plan."""
+    out.mkdir(parents=True)
+    plan = out / "plan.json"
+    plan.write_text(json.dumps({"out": str(out), **sections}, indent=1))
+    log = open(out / "stderr.log", "w")  # noqa: SIM115 - closed in finish_oracle
+    proc = subprocess.Popen(
+        [ALLENSDK_PYTHON, str(ORACLE_SCRIPT), str(plan)],
+        stdout=log, stderr=subprocess.STDOUT, cwd=out,
+    )  # fmt: skip
+    proc.log = log
+    return proc, out
+
+
+def finish_oracle(started: tuple[subprocess.Popen, Path], timeout: float) -> dict:
+    proc, out = started
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"the AllenSDK oracle took more than {timeout} s") from None
+    finally:
+        proc.log.close()
+    stderr = (out / "stderr.log").read_text()
+    assert proc.returncode == 0, f"AllenSDK oracle failed ({proc.returncode}):\n{stderr[-5000:]}"
+    return json.loads((out / "result.json").read_text())
+
+
+def read_ours(run, dataset: str, session_id: int | None = None) -> pd.DataFrame:
+    """One session's partition of one of our Parquet datasets."""
+    sid = run["sid"] if session_id is None else session_id
+    return pd.read_parquet(run["parquet"] / dataset / f"session_id={sid}")
+
+
+def section(run, name: str) -> dict:
+    got = run["result"].get(name)
+    assert got is not None, f"the oracle did not run its {name!r} section"
+    assert "error" not in got, f"AllenSDK failed in the {name!r} section:\n{got['error']}"
+    return got
+
+
+def test_oracle_is_allensdk_2_16_2(run):
+    assert run["result"]["allensdk_version"] == "2.16.2", run["result"]["allensdk_version"]
+
+
+# ------------------------------------------------------------------------------ 1. warehouse
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_cache_csvs_equal_ours(run, table):
+    """(a) the CSV AllenSDK's cache wrote from the fake equals the one our metadata path wrote."""
+    section(run, "warehouse")
+    ours, theirs = run["ours"] / f"{table}.csv", run["theirs"] / f"{table}.csv"
+    assert theirs.exists(), f"AllenSDK did not write {theirs}"
+    if ours.read_bytes() == theirs.read_bytes():
+        return
+    # Not byte-equal: say where, then compare the parsed frames exactly.
+    a, b = ours.read_text().splitlines(), theirs.read_text().splitlines()
+    first = next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+    mine, allen = pd.read_csv(ours, index_col="id"), pd.read_csv(theirs, index_col="id")
+    problems = [
+        f"{table}.csv bytes differ from AllenSDK's first at line {first + 1}:\n"
+        f"  ours    ={a[first] if first < len(a) else '<EOF>'}\n"
+        f"  AllenSDK={b[first] if first < len(b) else '<EOF>'}"
+    ]
+    payload = {
+        "index_name": allen.index.name,
+        "index": [py(i) for i in allen.index],
+        "columns": list(allen.columns),
+        "dtypes": {c: dtype_name(t) for c, t in allen.dtypes.items()},
+        "rows": [[py(v) for v in r] for r in allen.itertuples(index=False, name=None)],
+    }
+    check(problems + compare_frame(f"{table}.csv", mine, payload))
+
+
+def test_session_and_probe_tables_equal_allensdk(run):
+    """(b) selection.session_table / probe_table == get_session_table() / get_probes()."""
+    got = section(run, "warehouse")
+    tables = selection.load_tables(run["ours"])
+    check(
+        compare_frame("get_session_table()", selection.session_table(tables), got["session_table"])
+        + compare_frame("get_probes()", selection.probe_table(tables), got["probes"])
+    )
+
+
+def test_channels_and_units_sets_equal_allensdk(run):
+    """get_channels() / get_units() (default and unfiltered) hold the rows our tables imply."""
+    got = section(run, "warehouse")
+    tables = selection.load_tables(run["ours"])
+    channels = tables["channels"]
+    channels = channels[channels["ecephys_probe_id"].isin(tables["probes"].index)]
+    assert got["channels"]["index"] == sorted(channels.index.tolist()), "get_channels() ids"
+    units = tables["units"][tables["units"]["ecephys_channel_id"].isin(channels.index)]
+    default = selection.filter_units(units)
+    unfiltered = selection.filter_units(
+        units,
+        {"amplitude_cutoff_maximum": None, "presence_ratio_minimum": None,
+         "isi_violations_maximum": None},
+    )  # fmt: skip
+    for name, ours in (("units_default", default), ("units_unfiltered", unfiltered)):
+        theirs = set(got[name]["index"])
+        mine = set(ours.index.tolist())
+        assert mine == theirs, (
+            f"get_units() [{name}]: only ours {sorted(mine - theirs)[:10]}, "
+            f"only AllenSDK {sorted(theirs - mine)[:10]}"
+        )
+
+
+def test_cache_manifest_equals_ours_byte_for_byte(run):
+    """(c) AllenSDK's manifest.json == metadata.write_cache_manifest's."""
+    section(run, "warehouse")
+    ours = (run["ours"] / "manifest.json").read_bytes()
+    theirs = (run["theirs"] / "manifest.json").read_bytes()
+    assert ours == theirs, f"manifest.json differs:\nours    ={ours!r}\nAllenSDK={theirs!r}"
+
+
+def test_session_and_lfp_downloads_through_the_fake(run):
+    """(d) get_session_data downloads the NWB (AllenSDK's double-slash path); get_lfp downloads
+    and opens the probe's LFP; a probe without LFP gets AllenSDK's own error."""
+    got = section(run, "warehouse")
+    sid, root = run["sid"], run["root"]
+    wkfs = json.loads((root / "warehouse/WellKnownFile.json").read_text())
+    wkf = {(w["attachable_type"], w["attachable_id"]): w["id"] for w in wkfs}
+    paths = [r["path"] for r in run["fake_requests"]]
+    for kind, ident in (("EcephysSession", sid), ("EcephysProbe", run["lfp_probe"])):
+        want = f"//api/v2/well_known_file_download/{wkf[(kind, ident)]}"
+        assert want in paths, f"no request for {want} ({kind} {ident}); requests: {paths}"
+    cached = run["theirs"] / f"session_{sid}/session_{sid}.nwb"
+    assert sha256(cached) == sha256(run["nwb"]), "the downloaded session NWB differs from the file"
+    lfp_file = run["root"] / f"files/session_{sid}/probe_{run['lfp_probe']}_lfp.nwb"
+    cached_lfp = run["theirs"] / f"session_{sid}/probe_{run['lfp_probe']}_lfp.nwb"
+    assert sha256(cached_lfp) == sha256(lfp_file), "the downloaded LFP NWB differs from the file"
+    check(lfp_problems(got["lfp"], lfp_file, run["lfp_probe"]))
+    error = got["no_lfp_error"]
+    assert error is not None and error.startswith(
+        f"ValueError: expected exactly 1 LFP NWB file for probe {run['no_lfp_probe']}"
+    ), f"get_lfp on a probe without LFP: {error!r}"
+    # the session as AllenSDK's cache opens it shows the units our Parquet says pass its filters
+    units = read_ours(run, "units")
+    passing = set(units.loc[units["passes_default_filters"], "unit_id"].tolist())
+    theirs = set(got["session_units_default"])  # AllenSDK orders by probe and depth, not id
+    assert theirs == passing, (
+        f"get_session_data({sid}).units: only AllenSDK {sorted(theirs - passing)[:10]}, "
+        f"only our passes_default_filters {sorted(passing - theirs)[:10]}"
+    )
+
+
+def lfp_file_contents(path: Path, probe_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(data, timestamps, electrode ids) of an LFP NWB file, read with h5py."""
+    with h5py.File(path, "r") as f:
+        series = f[f"acquisition/probe_{probe_id}_lfp/probe_{probe_id}_lfp_data"]
+        ids = f["general/extracellular_ephys/electrodes/id"][:]
+        return series["data"][:], series["timestamps"][:], ids
+
+
+def lfp_problems(summary: dict, path: Path, probe_id: int) -> list:
+    data, _, ids = lfp_file_contents(path, probe_id)
+    problems = []
+    if summary["dims"] != ["time", "channel"]:
+        problems.append(f"LFP dims {summary['dims']}")
+    if summary["shape"] != list(data.shape):
+        problems.append(f"LFP {probe_id} shape AllenSDK={summary['shape']} file={data.shape}")
+    if summary["channel_ids"] != ids.tolist():
+        problems.append(f"LFP {probe_id} channel ids AllenSDK={summary['channel_ids'][:5]}... "
+                        f"file={ids.tolist()[:5]}...")  # fmt: skip
+    return problems
+
+
+def test_workflow_cache_is_a_valid_allensdk_cache_offline(run):
+    """(e) the demo workflow's cache opens in AllenSDK with no request to any server."""
+    got = section(run, "offline")
+    assert run["tripwire_requests"] == [], (
+        f"AllenSDK asked the network for {run['tripwire_requests']}: the workflow's cache "
+        "directory lacks something AllenSDK expects"
+    )
+    sessions = pd.read_csv(run["wf_cache"] / "sessions.csv", index_col="id")
+    assert got["session_table"]["index"] == sessions.index.tolist()
+    sid = run["wf_session"]["session_id"]
+    if run["wf_lfp"] is not None:
+        lfp = run["wf_cache"] / f"session_{sid}/probe_{run['wf_lfp']}_lfp.nwb"
+        check(lfp_problems(got["lfp"], lfp, run["wf_lfp"]))
+    assert got["session_units_default"], "the session opened offline shows no units"
+
+
+# ------------------------------------------------------------------------------ 2. NWB files
+
+# AllenSDK's session.units column -> ours (docs/SCHEMA.md); the waveform_* and L_ratio renames
+# are the same on both sides.
+UNIT_RENAMES = {
+    "structure_acronym": "ecephys_structure_acronym",
+    "probe_channel_number": "channel_local_index",
+    "probe_description": "probe_name",
+}
+# AllenSDK columns with no counterpart in our units table (constant per probe in the Allen files)
+UNIT_NOT_OURS = {"filtering", "location"}
+FILTER_METRICS = ("amplitude_cutoff", "presence_ratio", "isi_violations")
+
+
+@pytest.fixture(scope="module")
+def ours_units(run):
+    return read_ours(run, "units").set_index("unit_id")
+
+
+def test_units_equal_allensdk_filters_off(run, ours_units):
+    """Unit ids and every shared column of session.units (filters off) equal our Parquet."""
+    got = section(run, "nwb")["units"]
+    theirs = set(got["index"])
+    mine = set(ours_units.index.tolist())
+    # AllenSDK cannot switch its metric filters off: a NaN metric fails `<= inf` / `>= -inf`.
+    nan_metric = set(ours_units.index[ours_units[list(FILTER_METRICS)].isna().any(axis=1)])
+    assert theirs <= mine, f"units only AllenSDK has: {sorted(theirs - mine)[:10]}"
+    assert mine - theirs == nan_metric, (
+        f"units only we have {sorted(mine - theirs)[:10]}; expected exactly the units with a NaN "
+        f"{'/'.join(FILTER_METRICS)}: {sorted(nan_metric)[:10]}"
+    )
+    renamed = {**got, "columns": [UNIT_RENAMES.get(c, c) for c in got["columns"]]}
+    missing_cols = set(renamed["columns"]) - set(ours_units.columns) - UNIT_NOT_OURS
+    assert not missing_cols, f"session.units columns we do not have: {sorted(missing_cols)}"
+    shared = [c for c in renamed["columns"] if c in ours_units.columns]
+    rows = frame_rows(renamed)
+    problems = []
+    for uid, row in rows.items():
+        for col in shared:
+            got_v, want = py(ours_units.at[uid, col]), row[col]
+            # ints stored as int by AllenSDK may be float in our schema (positions): value counts
+            if not same(got_v, want):
+                problems.append(f"units: unit {uid} column {col}: ours={got_v!r} AllenSDK={want!r}")
+    check(problems)
+
+
+def test_default_unit_set_equals_passes_default_filters(run, ours_units):
+    """EcephysSession.from_nwb_path with AllenSDK's default filters shows exactly our
+    passes_default_filters units."""
+    theirs = set(section(run, "nwb")["units_default"])
+    mine = set(ours_units.index[ours_units["passes_default_filters"]].tolist())
+    assert theirs == mine, (
+        f"default-filtered units: only AllenSDK {sorted(theirs - mine)[:10]}, "
+        f"only our passes_default_filters {sorted(mine - theirs)[:10]}"
+    )
+
+
+def test_spike_times_and_amplitudes_bit_exact(run):
+    section(run, "nwb")
+    arrays = run["arrays"]
+    spikes = read_ours(run, "spikes")
+    groups = {int(u): g for u, g in spikes.groupby("unit_id", sort=False)}
+    problems, checked = [], 0
+    for key, want in arrays.items():
+        if not key.startswith("spike_times_"):
+            continue
+        uid = int(key.removeprefix("spike_times_"))
+        amps = arrays[f"spike_amplitudes_{uid}"]
+        g = groups.get(uid)
+        times_ours = np.array([], dtype="f8") if g is None else g["spike_time"].to_numpy()
+        amps_ours = np.array([], dtype="f8") if g is None else g["spike_amplitude"].to_numpy()
+        for what, a, b in (("spike_time", times_ours, want), ("spike_amplitude", amps_ours, amps)):
+            if a.shape != b.shape or a.dtype != b.dtype or a.tobytes() != b.tobytes():
+                bad = (np.flatnonzero(a.view("u8") != b.view("u8"))[:1].tolist()
+                       if a.shape == b.shape and a.dtype == b.dtype else "shape/dtype")  # fmt: skip
+                problems.append(f"spikes: unit {uid} {what}: ours n={a.size} {a.dtype}, AllenSDK "
+                                f"n={b.size} {b.dtype}, first differing index {bad}")  # fmt: skip
+        checked += 1
+    assert checked > 0
+    extra = set(groups) - {int(k.removeprefix("spike_times_")) for k in arrays
+                           if k.startswith("spike_times_")}  # fmt: skip
+    if extra:
+        problems.append(f"spikes: units with spikes in ours, not in AllenSDK: {sorted(extra)[:10]}")
+    check(problems)
+
+
+def test_mean_waveforms_exact_per_channel(run):
+    section(run, "nwb")
+    arrays = run["arrays"]
+    wf = read_ours(run, "waveforms")
+    by_unit = {int(u): g for u, g in wf.groupby("unit_id", sort=False)}
+    problems, checked = [], 0
+    for key in arrays:
+        if not key.startswith("waveform_channels_"):
+            continue
+        uid = int(key.removeprefix("waveform_channels_"))
+        channels, data = arrays[key], arrays[f"waveform_{uid}"]
+        assert arrays[f"waveform_dims_{uid}"].tolist() == ["channel_id", "time"]
+        g = by_unit.get(uid)
+        if g is None:
+            problems.append(f"waveforms: unit {uid} is in AllenSDK's mean_waveforms, not ours")
+            continue
+        g = g.dropna(subset=["channel_id"]).set_index("channel_id")
+        absent = sorted(set(channels.tolist()) - set(g.index.astype("int64")))
+        if absent:
+            problems.append(f"waveforms: unit {uid} channels missing in ours: {absent[:5]}")
+            continue
+        ours = np.stack(g.loc[channels, "waveform"].to_numpy())
+        if ours.shape != data.shape or ours.dtype != data.dtype or not np.array_equal(ours, data):
+            problems.append(f"waveforms: unit {uid}: ours {ours.shape} {ours.dtype} != AllenSDK "
+                            f"{data.shape} {data.dtype}")  # fmt: skip
+        checked += 1
+    assert checked > 0
+    check(problems)
+
+
+def _their_param(value):
+    """AllenSDK's stimulus table cell -> None for "not applicable" ("null", NaN)."""
+    return None if missing(value) or value == "null" else value
+
+
+def stimulus_problems(sid: int, stim: pd.DataFrame, got: dict) -> list:
+    what = f"stimulus_presentations (session {sid})"
+    stim = stim.set_index("stimulus_presentation_id")
+    if got["index_name"] != "stimulus_presentation_id" or got["index"] != stim.index.tolist():
+        return [f"{what}: stimulus_presentation_id values or order differ from AllenSDK's"]
+    # AllenSDK adds duration and stimulus_condition_id (derived) and leaves some stored columns
+    # out (stimulus_index, units, ...); every column it shows must be ours too.
+    derived = {"duration", "stimulus_condition_id"}
+    not_ours = sorted(set(got["columns"]) - set(stim.columns) - derived)
+    problems = [f"{what}: AllenSDK columns we lack: {not_ours}"] if not_ours else []
+    shared = [c for c in got["columns"] if c in stim.columns]
+    rows = frame_rows(got)
+    for pid, row in rows.items():
+        for col in shared:
+            mine, theirs = py(stim.at[pid, col]), _their_param(row[col])
+            if col in ("start_time", "stop_time"):
+                ok = mine == theirs  # exact
+            elif missing(mine) or theirs is None:
+                ok = missing(mine) and theirs is None
+            elif pd.api.types.is_float_dtype(stim[col].dtype):
+                ok = isinstance(theirs, (int, float, str)) and float(theirs) == mine
+            else:  # our string columns hold the stored text; AllenSDK literal_evals some (color)
+                ok = mine == (theirs if isinstance(theirs, str) else repr(theirs))
+            if not ok:
+                problems.append(
+                    f"{what}: id {pid} column {col}: ours={mine!r} AllenSDK={row[col]!r}"
+                )
+    ours_duration = stim["stop_time"] - stim["start_time"]
+    bad = [p for p in stim.index if rows[p]["duration"] != ours_duration[p]]
+    if bad:
+        problems.append(f"{what}: AllenSDK duration != our stop_time - start_time, ids {bad[:10]}")
+    return problems
+
+
+def test_stimulus_presentations_equal_allensdk(run):
+    """Every session's presentations: ids, start/stop exact, name and every parameter column
+    AllenSDK shows (its "null" = our null; numbers compared as numbers, text as text)."""
+    got = section(run, "nwb")
+    by_session = got["stimulus_by_session"]
+    assert sorted(map(int, by_session)) == run["session_ids"]
+    assert by_session[str(run["sid"])] == got["stimulus_presentations"]
+    problems = []
+    for sid in run["session_ids"]:
+        stim = read_ours(run, "stimulus_presentations", sid)
+        problems += stimulus_problems(sid, stim, by_session[str(sid)])
+    check(problems)
+
+
+def test_running_speed_equals_allensdk(run):
+    got = section(run, "nwb")
+    arrays = run["arrays"]
+    ours = read_ours(run, "running_speed")
+    assert got["running_columns"] == ["start_time", "end_time", "velocity"]
+    for col in got["running_columns"]:
+        a, b = ours[col].to_numpy(), arrays[f"running_{col}"]
+        assert a.dtype == b.dtype and a.shape == b.shape, (col, a.dtype, a.shape, b.dtype, b.shape)
+        bad = np.flatnonzero(a.view("u8") != b.view("u8"))
+        assert bad.size == 0, (
+            f"running_speed {col}: {bad.size} rows differ, first row {bad[0]}: "
+            f"ours={a[bad[0]]!r} AllenSDK={b[bad[0]]!r}"
+        )
+
+
+def test_lfp_files_open_in_allensdk(run):
+    got = section(run, "nwb")["lfp"]
+    assert set(got) == set(run["lfp_files"]), "every LFP file of the session was opened"
+    problems = []
+    for pid, path in run["lfp_files"].items():
+        problems += lfp_problems(got[pid], Path(path), int(pid))
+        data, times, _ = lfp_file_contents(Path(path), int(pid))
+        theirs = run["arrays"][f"lfp_data_{pid}"]
+        if theirs.dtype != data.dtype or not np.array_equal(theirs, data):
+            problems.append(f"LFP {pid}: AllenSDK's data differ from the file's")
+        if not np.array_equal(run["arrays"][f"lfp_time_{pid}"], times):
+            problems.append(f"LFP {pid}: AllenSDK's timestamps differ from the file's")
+    check(problems)
