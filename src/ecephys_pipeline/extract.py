@@ -45,7 +45,7 @@ __all__ = [
 
 META_PREFIX = "ecephys_pipeline."
 SPIKE_ROW_GROUP = 1 << 20
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 1
 
 # --------------------------------------------------------------------------------------------
 # schemas
@@ -875,7 +875,7 @@ def extract_session(
                 else:
                     table = SPIKES_SCHEMA.empty_table()
                 rel = _part(Path(), "spikes", sid, pid)
-                _write_parquet(table, tmp / rel, meta, dictionary=["unit_id"])
+                _write_parquet(table, tmp / rel, meta)
                 counts["spikes"] += table.num_rows
                 written["spikes"].append(rel)
                 del table
