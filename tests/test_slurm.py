@@ -13,8 +13,10 @@ from __future__ import annotations
 import collections
 import hashlib
 import itertools
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +30,7 @@ pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[1]
 CI_PROFILE = REPO / ".ci" / "slurm" / "profile"
 WORKFLOW_PARTS = ["Snakefile", "workflow", "config", "profiles", "envs"]
-RUN_TIMEOUT_S = 600
+RUN_TIMEOUT_S = int(os.environ.get("SLURM_TEST_RUN_TIMEOUT_S", "600"))  # per snakemake run
 
 # Lines the main Snakemake process logs (Snakemake 9.27, snakemake-executor-plugin-slurm 2.8).
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.")
@@ -78,15 +80,32 @@ def run_snakemake(workdir: Path, *args: str) -> str:
     """Run Snakemake from this interpreter's environment in `workdir`; return its log.
 
     Bounded with SIGINT: the SLURM plugin ignores SIGTERM (and a stuck status loop never ends).
+    Snakemake must get exactly one SIGINT: a second one interrupts its `scancel` of the
+    submitted jobs. Hence its own session (no signal sent to our process group reaches it) and
+    `timeout --foreground` (plain `timeout` signals the child and then its whole group again).
     """
-    cmd = ["timeout", "-s", "INT", "-k", "30", str(RUN_TIMEOUT_S)]
+    cmd = ["timeout", "--foreground", "-s", "INT", "-k", "60", str(RUN_TIMEOUT_S)]
     cmd += [sys.executable, "-m", "snakemake", *args]
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
-    log = proc.stdout + proc.stderr
-    (workdir / "snakemake-run.log").write_text(log)
-    assert proc.returncode == 0, (
-        f"{' '.join(args)} exited {proc.returncode} after {time.monotonic() - started:.0f} s "
+    logfile = workdir / "snakemake-run.log"
+    with logfile.open("w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            returncode = proc.wait()
+        except BaseException:
+            # Interrupted (Ctrl-C, the CI timeout): let Snakemake cancel its SLURM jobs and stop
+            # the demo's server (`subprocess.run` would SIGKILL it). timeout passes SIGINT on.
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    log = logfile.read_text()
+    assert returncode == 0, (
+        f"{' '.join(args)} exited {returncode} after {time.monotonic() - started:.0f} s "
         f"(124/130 = timeout):\n{log[-6000:]}"
     )
     return log

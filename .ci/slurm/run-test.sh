@@ -28,17 +28,32 @@ cleanup() {
     exit "$status"
 }
 trap cleanup EXIT
-# Ctrl-C / SIGTERM: exit through the EXIT trap (the pytest child gets SIGINT from the terminal
-# or from timeout below and stops its Snakemake runs, which cancel their SLURM jobs).
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
 bash .ci/slurm/up.sh
 echo "[slurm-test +$(since)s] cluster up; running pytest -m slurm (timeout ${TIMEOUT_S}s)"
 
-# SIGINT, not SIGTERM: Snakemake with the SLURM plugin ignores SIGTERM.
-timeout -s INT -k 60 "$TIMEOUT_S" "$PYTHON" -m pytest -m slurm -p no:cacheprovider \
-    --basetemp="$BASETEMP" -v tests/test_slurm.py
+# SIGINT, not SIGTERM: Snakemake with the SLURM plugin ignores SIGTERM. pytest runs in the
+# background so that a signal to this script (Ctrl-C, an outer timeout) is handled at once:
+# it is passed on as one SIGINT, pytest's Snakemake runs cancel their SLURM jobs, then the EXIT
+# trap stops the cluster. Its own session + `timeout --foreground`: pytest gets exactly one
+# SIGINT (a group-wide signal, or plain timeout's second one to its group, would interrupt the
+# clean-up in tests/test_slurm.py).
+setsid timeout --foreground -s INT -k 120 "$TIMEOUT_S" "$PYTHON" -m pytest -m slurm \
+    -p no:cacheprovider --basetemp="$BASETEMP" -v tests/test_slurm.py &
+pytest_pid=$!
+on_signal() {
+    echo "[slurm-test +$(since)s] $1: interrupting pytest (pid $pytest_pid)" >&2
+    kill -INT "$pytest_pid" 2>/dev/null || true
+    wait "$pytest_pid" || true
+    exit "$2"
+}
+trap 'on_signal SIGINT 130' INT
+trap 'on_signal SIGTERM 143' TERM
+wait "$pytest_pid"
+trap 'exit 130' INT
+trap 'exit 143' TERM
 echo "[slurm-test +$(since)s] pytest passed"
 if [[ $(sacct -X -n -o JobID 2>/dev/null | wc -l) -gt 0 ]]; then
     echo "[slurm-test] jobs in sacct (last 12):"
