@@ -444,6 +444,65 @@ def test_float32_waveforms_keep_their_dtype(nwb_files, tmp_path):
     assert np.array_equal(got, blocks)
 
 
+def _permute_units(path: Path, perm: np.ndarray) -> None:
+    """Rewrite /units with its rows in ``perm`` order (ragged columns rebuilt to match)."""
+    with h5py.File(path, "r+") as f:
+        u = f["units"]
+        n = u["id"].shape[0]
+        for name in list(u):
+            ds = u[name]
+            if name.endswith("_index") and name[: -len("_index")] in u:
+                continue
+            if name in ("spike_times", "spike_amplitudes", "waveform_mean"):
+                end = u[f"{name}_index"][()].astype(np.int64)
+                start = np.concatenate([[0], end[:-1]])
+                data = ds[()]
+                pieces = [data[start[i] : end[i]] for i in perm]
+                new = np.concatenate(pieces)
+                new_index = np.cumsum([len(p) for p in pieces]).astype(u[f"{name}_index"].dtype)
+                del u[name], u[f"{name}_index"]
+                u[name] = new
+                u[f"{name}_index"] = new_index
+            elif ds.shape == (n,):
+                data = ds[()][perm]
+                dtype = ds.dtype
+                del u[name]
+                u.create_dataset(name, data=data, dtype=dtype)
+
+
+def _same_table(a: pa.Table, b: pa.Table) -> bool:
+    """Equal schema and values, NaN == NaN (bit for bit) in float columns."""
+    if not a.schema.remove_metadata().equals(b.schema.remove_metadata()):
+        return False
+    for name in a.column_names:
+        x, y = a.column(name).combine_chunks(), b.column(name).combine_chunks()
+        if pa.types.is_floating(x.type):
+            if not (x.is_null().equals(y.is_null())):
+                return False
+            xv = x.fill_null(0).to_numpy(zero_copy_only=False)
+            yv = y.fill_null(0).to_numpy(zero_copy_only=False)
+            if not np.array_equal(xv.view(np.uint64), yv.view(np.uint64)):
+                return False
+        elif not x.equals(y):
+            return False
+    return True
+
+
+def test_unit_row_order_in_the_file_does_not_matter(nwb_files, extracted, tmp_path):
+    out, _ = extracted
+    path = tmp_path / nwb_files[0].name
+    shutil.copy(nwb_files[0], path)
+    with h5py.File(path, "r") as f:
+        n = f["units/id"].shape[0]
+    _permute_units(path, np.random.default_rng(7).permutation(n))  # probes interleaved too
+    extract_session(path, tmp_path / "o")
+    sid = ref_session(path)["sid"]
+    for d in DATASETS:
+        for f in sorted((out / d).glob(f"session_id={sid}/**/part-0.parquet")):
+            rel = f.relative_to(out)
+            assert _same_table(pq.read_table(tmp_path / "o" / rel), pq.read_table(f)), rel
+
+
 # ----------------------------------------------------------------------------------- Gen-1
 
 

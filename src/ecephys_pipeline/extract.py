@@ -31,7 +31,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .nwb import Electrodes, NwbError, NwbSession, Probes, UnitsTable, open_session
+from .nwb import (
+    Electrodes,
+    NwbError,
+    NwbSession,
+    Probes,
+    UnitsTable,
+    open_session,
+    strings_to_float,
+)
 
 log = logging.getLogger(__name__)
 
@@ -333,13 +341,6 @@ def _string_array(values: np.ndarray, *, missing: frozenset[str] = frozenset()) 
     )
 
 
-def _bool_array(values: np.ndarray) -> pa.Array:
-    v = np.asarray(values)
-    if v.dtype.kind in "biuf":
-        return pa.array(v.astype(bool), type=_BOOL)
-    return pa.array([None if x is None else str(x) in ("True", "true", "1") for x in v], _BOOL)
-
-
 def _jsonable(x: Any) -> Any:
     if isinstance(x, (np.floating, float)):
         x = float(x)
@@ -502,7 +503,11 @@ class _UnitFrame:
         self.probe_row = np.where(pfound, p_sort[ppos_c] if p_sorted.size else 0, -1)
         self.probe_id = np.where(pfound, ch_probe, -1)
         if np.any(found & ~pfound):
-            log.warning("%s: %d units' peak channels belong to no electrode group", path, n)
+            log.warning(
+                "%s: %d units' peak channels belong to no electrode group",
+                path,
+                int((found & ~pfound).sum()),
+            )
         if np.any(~found):
             log.warning(
                 "%s: %d units have a peak_channel_id missing from the electrodes table; "
@@ -544,8 +549,6 @@ class _UnitFrame:
                 arrays.append(_int_array(v, what=what))
             elif typ == _F64:
                 if v.dtype == object:
-                    from .nwb import strings_to_float
-
                     v = strings_to_float(v, what=what)
                 arrays.append(_float_array(v))
             else:
@@ -589,7 +592,7 @@ class _UnitFrame:
 
 
 def _probe_spikes(
-    s: NwbSession, off: np.ndarray, file_rows: np.ndarray, uids: np.ndarray
+    s: NwbSession, off: np.ndarray, file_rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Spike times/amplitudes of the given units (file rows, already in unit_id order),
     concatenated unit after unit; returns (times, amplitudes, counts)."""
@@ -861,7 +864,7 @@ def extract_session(
                 on_probe = sel & (uf.probe_id == pid)
                 uids = uf.unit_id[on_probe]
                 if ut.spike_offsets is not None and uids.size:
-                    t, a, cnt = _probe_spikes(s, ut.spike_offsets, uf.order[on_probe], uids)
+                    t, a, cnt = _probe_spikes(s, ut.spike_offsets, uf.order[on_probe])
                     spike_count[on_probe] = cnt
                     table = pa.Table.from_arrays(
                         [
