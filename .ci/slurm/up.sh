@@ -7,8 +7,11 @@
 # Recipe: /work/shared/docs/slurm-local.md (Debian slurm-wlm 22.05, no systemd, no cgroups).
 # Idempotent: a daemon whose PID file points at a live process is left alone, and config files
 # are rewritten with the same content. If variant B cannot start, it falls back to variant A
-# (unless SLURM_VARIANT=B was set explicitly). The variant that is running is written to
-# /run/slurm-ci.variant so the test and the profile choice can read it.
+# (unless SLURM_VARIANT=B was set explicitly). The running variant is recorded in
+# /run/slurm-ci.variant (tests/test_slurm.py itself probes sacct and, without accounting, makes
+# the plugin poll squeue instead).
+# Not tried on hosts where systemd starts munge/mariadb/slurm units at install time: stop those
+# units first, or this script starts second copies that fail on the busy ports/sockets.
 # Stop everything with .ci/slurm/down.sh.
 set -euo pipefail
 
@@ -43,11 +46,11 @@ wait_for() {
 # ---------------------------------------------------------------------------------------------
 # 1. Packages (apt, only if missing)
 need_pkgs=()
-command -v slurmctld >/dev/null || need_pkgs+=(slurm-wlm)
-command -v munged >/dev/null || need_pkgs+=(munge)
+[[ -x /usr/sbin/slurmctld && -x /usr/sbin/slurmd ]] || need_pkgs+=(slurm-wlm)
+[[ -x /usr/sbin/munged ]] || need_pkgs+=(munge)
 if [[ $VARIANT == B ]]; then
-    command -v mariadbd >/dev/null || need_pkgs+=(mariadb-server)
-    command -v slurmdbd >/dev/null || need_pkgs+=(slurmdbd)
+    [[ -x /usr/sbin/mariadbd ]] || need_pkgs+=(mariadb-server)
+    [[ -x /usr/sbin/slurmdbd ]] || need_pkgs+=(slurmdbd)
 fi
 if (( ${#need_pkgs[@]} )); then
     echo "[slurm-up] installing: ${need_pkgs[*]}"
