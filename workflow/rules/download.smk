@@ -67,3 +67,10 @@ rule write_lock:
 
 localrules:
     write_lock,
+
+
+if config["download_on_submit_host"]:
+
+    localrules:
+        download_session_nwb,
+        download_lfp_nwb,
