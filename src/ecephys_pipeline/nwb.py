@@ -252,10 +252,10 @@ class NwbSession:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such file")
         try:
             self.f = h5py.File(self.path, "r")
-        except FileNotFoundError:
-            raise
         except OSError as e:
             raise NwbError(f"{self.path} is not an HDF5 file: {e}") from e
         try:
@@ -631,10 +631,10 @@ class LfpInfo:
 def open_lfp(path: str | os.PathLike) -> LfpInfo:
     """Metadata of a per-probe LFP NWB (N§3): probe id, channels, sample count."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
     try:
         f = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise
     except OSError as e:
         raise NwbError(f"{path} is not an HDF5 file: {e}") from e
     with f:
