@@ -93,6 +93,8 @@ def run_warehouse(spec: dict) -> dict:
     }
     session = cache.get_session_data(spec["session_id"])
     out["session_units_default"] = [int(i) for i in session.units.index]
+    # the cache's session merges the warehouse's channel columns into the NWB's channels
+    out["session_channels"] = frame(session.channels)
     out["lfp"] = lfp_summary(session.get_lfp(spec["lfp_probe_id"], mask_invalid_intervals=False))
     try:
         session.get_lfp(spec["no_lfp_probe_id"], mask_invalid_intervals=False)
@@ -149,7 +151,7 @@ def run_nwb(spec: dict, out_dir: Path) -> dict:
         "stimulus_presentations": frame(session.stimulus_presentations),
         "running_columns": [str(c) for c in running.columns],
         "probes": frame(session.probes),
-        "channels_index": [int(i) for i in session.channels.index],
+        "channels": frame(session.channels),
         "lfp": {
             str(pid): lfp_summary(
                 session.get_lfp(pid, mask_invalid_intervals=False), arrays, str(pid)
