@@ -546,6 +546,30 @@ def test_part_with_an_etag_other_than_the_lock_is_discarded(fake, dataset, tmp_p
     assert ranged(new_requests(fake, n0, 1)) == []  # not even tried
 
 
+def test_part_from_another_url_resumes_if_the_validator_matches(fake, dataset, tmp_path):
+    # e.g. the demo's fake warehouse restarted on another port, or a mirror with the same ETag
+    dest = tmp_path / "s1.nwb"
+    info = dl.remote_info(url(fake, 1))
+    Path(f"{dest}.part").write_bytes(source(dataset, 1).read_bytes()[:MiB])
+    meta = {"url": "http://127.0.0.1:1/old", "etag": info.etag, "last_modified": None}
+    Path(f"{dest}.part.json").write_text(json.dumps({**meta, "size": info.size}))
+    n0 = len(fake.requests)
+    rec = download_file(url(fake, 1), dest)
+    assert_clean_success(rec, dest, source(dataset, 1))
+    assert [r["range"] for r in ranged(new_requests(fake, n0, 1))] == [f"bytes={MiB}-"]
+
+
+def test_part_from_another_url_without_validator_is_discarded(fake, dataset, tmp_path):
+    dest = tmp_path / "s1.nwb"
+    Path(f"{dest}.part").write_bytes(os.urandom(MiB))
+    meta = {"url": "http://127.0.0.1:1/old", "etag": None, "last_modified": None}
+    Path(f"{dest}.part.json").write_text(json.dumps({**meta, "size": SMALL_SIZE(dataset)}))
+    n0 = len(fake.requests)
+    rec = download_file(url(fake, 1), dest)
+    assert_clean_success(rec, dest, source(dataset, 1))
+    assert ranged(new_requests(fake, n0, 1)) == []
+
+
 def test_second_downloader_of_the_same_file_is_refused(fake, tmp_path):
     dest = tmp_path / "s1.nwb"
     with dl._DestLock(dest):
@@ -704,3 +728,43 @@ def test_threads_share_one_session(fake, dataset, tmp_path):
             t.join(30)
     assert not errors
     assert sha(tmp_path / "2.nwb") == sha(source(dataset, 2))
+
+
+# ----------------------------------------------------------------------------- moved sources
+
+
+def _partial_part(dest: Path, from_url: str, prefix: bytes, size: int, validators: bool) -> None:
+    info = dl.remote_info(from_url) if validators else None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{dest}.part").write_bytes(prefix)
+    meta = {
+        "url": from_url,
+        "etag": info.etag if info else None,
+        "last_modified": info.last_modified if info else None,
+        "size": size,
+    }
+    Path(f"{dest}.part.json").write_text(json.dumps(meta))
+
+
+def test_part_from_another_url_resumes_when_its_validator_matches(fake, dataset, tmp_path):
+    """The same file from another address (the S3 mirror, a new port) resumes, If-Range guarded."""
+    dest = tmp_path / "s1.nwb"
+    src = source(dataset, 1)
+    _partial_part(dest, url(fake, 1), src.read_bytes()[:MiB], SMALL_SIZE(dataset), True)
+    warehouse = f"{fake.url}//api/v2/well_known_file_download/9001"  # session_1 again
+    n0 = len(fake.requests)
+    rec = download_file(warehouse, dest, **FAST)
+    assert_clean_success(rec, dest, src)
+    resumed = ranged(new_requests(fake, n0))
+    assert resumed and resumed[0]["range"] == f"bytes={MiB}-" and resumed[0]["status"] == 206
+
+
+def test_part_from_another_url_without_validator_starts_over(fake, dataset, tmp_path):
+    """No ETag/Last-Modified to prove it is the same file: a .part from elsewhere is not trusted."""
+    dest = tmp_path / "s1.nwb"
+    warehouse = f"{fake.url}//api/v2/well_known_file_download/9001"  # session_1 again
+    _partial_part(dest, warehouse, b"\0" * MiB, SMALL_SIZE(dataset), False)
+    n0 = len(fake.requests)
+    rec = download_file(url(fake, 1), dest, **FAST)
+    assert_clean_success(rec, dest, source(dataset, 1))  # the zeros were not spliced in
+    assert ranged(new_requests(fake, n0)) == []

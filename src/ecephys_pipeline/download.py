@@ -655,8 +655,8 @@ class _Transfer:
         why = None
         if meta is None:
             why = "it has no readable sidecar"
-        elif meta.get("url") != self.url:
-            why = f"it came from another URL ({meta.get('url')})"
+        elif meta.get("url") != self.url and not _validator(meta):
+            why = f"it came from another URL ({meta.get('url')}) that sent no ETag/Last-Modified"
         elif self.exp.get("size") is not None and meta.get("size") not in (None, self.exp["size"]):
             why = f"its remote size {meta.get('size')} differs from the expected {self.exp['size']}"
         elif (
@@ -666,6 +666,16 @@ class _Transfer:
             and meta["etag"] != self.exp["etag"]
         ):
             why = f"its ETag {meta['etag']} differs from the expected {self.exp['etag']}"
+        if not why and meta.get("url") != self.url:
+            # Same file from another address (a new port, the S3 mirror of a warehouse file):
+            # the stored validator goes out as If-Range, and a server whose copy differs answers
+            # 200 with the whole file, which restarts the .part from zero. Nothing unsafe is kept.
+            log.info(
+                "%s: the .part came from %s; resuming from %s guarded by its validator",
+                self.dest.name,
+                meta.get("url"),
+                self.url,
+            )
         if why:
             log.warning(
                 "%s: discarding %s (%s): %s", self.dest.name, self.part, _fmt_bytes(size), why
