@@ -546,30 +546,6 @@ def test_part_with_an_etag_other_than_the_lock_is_discarded(fake, dataset, tmp_p
     assert ranged(new_requests(fake, n0, 1)) == []  # not even tried
 
 
-def test_part_from_another_url_resumes_if_the_validator_matches(fake, dataset, tmp_path):
-    # e.g. the demo's fake warehouse restarted on another port, or a mirror with the same ETag
-    dest = tmp_path / "s1.nwb"
-    info = dl.remote_info(url(fake, 1))
-    Path(f"{dest}.part").write_bytes(source(dataset, 1).read_bytes()[:MiB])
-    meta = {"url": "http://127.0.0.1:1/old", "etag": info.etag, "last_modified": None}
-    Path(f"{dest}.part.json").write_text(json.dumps({**meta, "size": info.size}))
-    n0 = len(fake.requests)
-    rec = download_file(url(fake, 1), dest)
-    assert_clean_success(rec, dest, source(dataset, 1))
-    assert [r["range"] for r in ranged(new_requests(fake, n0, 1))] == [f"bytes={MiB}-"]
-
-
-def test_part_from_another_url_without_validator_is_discarded(fake, dataset, tmp_path):
-    dest = tmp_path / "s1.nwb"
-    Path(f"{dest}.part").write_bytes(os.urandom(MiB))
-    meta = {"url": "http://127.0.0.1:1/old", "etag": None, "last_modified": None}
-    Path(f"{dest}.part.json").write_text(json.dumps({**meta, "size": SMALL_SIZE(dataset)}))
-    n0 = len(fake.requests)
-    rec = download_file(url(fake, 1), dest)
-    assert_clean_success(rec, dest, source(dataset, 1))
-    assert ranged(new_requests(fake, n0, 1)) == []
-
-
 def test_second_downloader_of_the_same_file_is_refused(fake, tmp_path):
     dest = tmp_path / "s1.nwb"
     with dl._DestLock(dest):
