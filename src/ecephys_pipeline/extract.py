@@ -370,6 +370,19 @@ def _extra_json(extras: dict[str, np.ndarray], n: int) -> pa.Array:
     return pa.array(rows, type=_STR)
 
 
+def _lookup(keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row of each query in ``keys`` (unique values, any order), vectorised:
+    (found mask, row index or -1)."""
+    queries = np.asarray(queries)
+    if keys.size == 0 or queries.size == 0:
+        return np.zeros(queries.size, dtype=bool), np.full(queries.size, -1, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    pos = np.minimum(np.searchsorted(sk, queries), sk.size - 1)
+    found = sk[pos] == queries
+    return found, np.where(found, order[pos], -1).astype(np.int64)
+
+
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Concatenation of ``arange(s, s + c)`` for every (s, c), vectorised (int64)."""
     total = int(counts.sum())
@@ -457,14 +470,8 @@ class _UnitFrame:
             self.cols[need] = np.asarray(self.cols[need], dtype=np.float64)
 
         # peak channel -> electrodes row
-        ch_sort = np.argsort(el.channel_id, kind="stable")
-        ch_sorted = el.channel_id[ch_sort]
         peak = np.asarray(self.cols["peak_channel_id"]).astype(np.int64)
-        pos = np.searchsorted(ch_sorted, peak)
-        pos_c = np.minimum(pos, max(ch_sorted.size - 1, 0))
-        found = (ch_sorted.size > 0) & (ch_sorted[pos_c] == peak) if n else np.zeros(0, bool)
-        found = np.asarray(found, dtype=bool)
-        row = np.where(found, ch_sort[pos_c] if ch_sorted.size else 0, -1)
+        found, row = _lookup(el.channel_id, peak)
         self.ch_found = found
         self.ch_row = row
         r = np.where(found, row, 0)
@@ -492,15 +499,10 @@ class _UnitFrame:
         ch_probe = take(el.probe_id, -1).astype(np.int64)
 
         # probe
-        p_sort = np.argsort(pr.probe_id, kind="stable")
-        p_sorted = pr.probe_id[p_sort]
-        ppos = np.searchsorted(p_sorted, ch_probe)
-        ppos_c = np.minimum(ppos, max(p_sorted.size - 1, 0))
-        pfound = found & (p_sorted.size > 0)
-        if p_sorted.size:
-            pfound &= p_sorted[ppos_c] == ch_probe
+        pfound, prow = _lookup(pr.probe_id, ch_probe)
+        pfound &= found
         self.probe_found = pfound
-        self.probe_row = np.where(pfound, p_sort[ppos_c] if p_sorted.size else 0, -1)
+        self.probe_row = np.where(pfound, prow, -1)
         self.probe_id = np.where(pfound, ch_probe, -1)
         if np.any(found & ~pfound):
             log.warning(
@@ -670,19 +672,14 @@ def _waveforms_table(
     local = np.arange(total, dtype=np.int64) - np.repeat(out_starts, counts)
     r_pid = np.repeat(pid, counts)
 
-    # (probe_id, local_index) -> channel_id via one sorted key array
+    # (probe, local_index) -> channel_id via one composite key per electrode
     span = int(max(el.local_index.max(initial=0), local.max(initial=0))) + 1
-    p_sorted = np.sort(pr.probe_id)
-    el_p = np.searchsorted(p_sorted, el.probe_id)
-    keys = el_p.astype(np.int64) * span + el.local_index
-    k_order = np.argsort(keys, kind="stable")
-    k_sorted = keys[k_order]
-    q = np.searchsorted(p_sorted, r_pid).astype(np.int64) * span + local
-    qpos = np.searchsorted(k_sorted, q)
-    qpos_c = np.minimum(qpos, max(k_sorted.size - 1, 0))
-    hit = (k_sorted.size > 0) & (k_sorted[qpos_c] == q) if total else np.zeros(0, bool)
-    hit = np.asarray(hit, dtype=bool)
-    channel_id = np.where(hit, el.channel_id[k_order[qpos_c]] if k_sorted.size else 0, 0)
+    el_pf, el_prow = _lookup(pr.probe_id, el.probe_id)
+    el_keys = el_prow[el_pf] * span + el.local_index[el_pf]
+    q = np.repeat(uf.probe_row[keep], counts) * span + local
+    hit, el_row = _lookup(el_keys, q)
+    el_ids = el.channel_id[el_pf]
+    channel_id = el_ids[np.where(hit, el_row, 0)] if hit.any() else np.zeros(total, np.int64)
 
     peak_local = np.where(uf.ch_found[keep], uf.channel_local_index[keep], -1)
     is_peak = local == np.repeat(peak_local, counts)
