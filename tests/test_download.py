@@ -284,6 +284,21 @@ def test_wrong_length_with_expected_size_never_streams_a_wrong_file(fake, datase
     assert not dest.exists()
 
 
+def test_always_lying_content_length_gives_up_after_a_few_bodies(fake, dataset, tmp_path):
+    size = SMALL_SIZE(dataset)
+    fake.set_faults(
+        [{"kind": "wrong_length", "match": "session_1.nwb", "times": None,
+          "content_length": size + 4096}]
+    )  # fmt: skip
+    n0 = len(fake.requests)
+    dest = tmp_path / "s1.nwb"
+    with pytest.raises(DownloadError) as ei:
+        download_file(url(fake, 1), dest, **FAST)
+    assert "restarting at 0" in str(ei.value) and not dest.exists()
+    full_bodies = [r for r in new_requests(fake, n0, 1) if r["status"] == 200]
+    assert len(full_bodies) <= dl.MAX_VERIFY_FAILURES  # not 4 * max_attempts full downloads
+
+
 def test_ignore_range_restarts_from_zero(fake, dataset, tmp_path):
     fake.set_faults(
         [
@@ -326,6 +341,17 @@ def test_bandwidth_capped_parallel_ranges(fake, dataset, tmp_path, monkeypatch):
     gets = ranged(new_requests(fake, n0, 2))
     assert len([r for r in gets if r["status"] == 206 and r["range"] != "bytes=0-0"]) == 4
     assert elapsed < 0.75 * BIG / (3 * MiB)  # one capped connection needs 4 s, 4 need ~1 s
+
+
+def test_parallel_attempts_that_progress_are_not_counted_as_failures(
+    fake, dataset, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(dl, "MIN_RANGE", MiB)
+    # every response dies after 512 KiB: 12 MiB in 4 ranges needs ~7 attempts, all progressing
+    fake.set_faults([{"kind": "drop_after", "match": "session_2.nwb", "bytes": 512 * 1024}])
+    dest = tmp_path / "s2.nwb"
+    rec = download_file(url(fake, 2), dest, connections=4, max_attempts=2, **FAST)
+    assert_clean_success(rec, dest, source(dataset, 2))
 
 
 def test_parallel_falls_back_to_one_stream_when_ranges_are_ignored(fake, dataset, tmp_path):

@@ -587,13 +587,28 @@ class _AttemptFailed(Exception):
         retry_after: float | None = None,
         fatal: bool = False,
         verify: bool = False,
+        bad_bytes: bool = False,
     ):
         super().__init__(reason)
-        self.reason, self.retry_after, self.fatal, self.verify = reason, retry_after, fatal, verify
+        self.reason, self.retry_after, self.fatal = reason, retry_after, fatal
+        self.verify = verify or bad_bytes  # counts toward MAX_VERIFY_FAILURES
+        self.bad_bytes = bad_bytes  # the bytes (or their announced size) were wrong
 
 
 class _RangesUnsupported(Exception):
     pass
+
+
+def _iter_body(resp: requests.Response):
+    """The body as it arrives: each chunk is what one read returned (up to CHUNK).
+
+    Not ``iter_content(CHUNK)``: that fills a whole CHUNK before yielding, so bytes that arrived
+    before a reset or a read timeout would be lost with the exception (a server that drops every
+    512 KiB would then never make progress). Bytes are taken raw: we ask for identity encoding.
+    """
+    read1 = resp.raw.read1
+    while data := read1(CHUNK, decode_content=False):
+        yield data
 
 
 def _status_failure(resp: requests.Response, url: str) -> _AttemptFailed:
@@ -741,7 +756,8 @@ class _Transfer:
             )
         if exp.get("size") is not None and total is not None and total != exp["size"]:
             raise _AttemptFailed(
-                f"the server announces {total} bytes but {exp['size']} are expected", verify=True
+                f"the server announces {total} bytes but {exp['size']} are expected",
+                bad_bytes=True,
             )
 
     # -- one single-stream attempt
@@ -755,7 +771,9 @@ class _Transfer:
                 return
             if offset > total:
                 self.restart()
-                raise _AttemptFailed(f".part is larger ({offset}) than the file ({total})")
+                raise _AttemptFailed(
+                    f".part is larger ({offset}) than the file ({total})", verify=True
+                )
         headers = {"Accept-Encoding": "identity"}
         if offset:
             self.ensure_hashed(offset)  # before the request, not while the server waits
@@ -768,13 +786,16 @@ class _Transfer:
             code = resp.status_code
             if code == 416:
                 m = _CONTENT_RANGE_UNSAT.match(resp.headers.get("Content-Range", ""))
-                if m and offset and int(m.group(1)) == offset:
+                # complete only if the server's size is the .part's and the one it announced
+                if m and offset and int(m.group(1)) == offset and total in (None, offset):
                     meta["size"] = offset
                     _atomic_write_json(self.sidecar, meta)
                     self.ensure_hashed(offset)
                     return
                 self.restart()
-                raise _AttemptFailed(f"HTTP 416 for a Range from byte {offset}; restarting at 0")
+                raise _AttemptFailed(
+                    f"HTTP 416 for a Range from byte {offset}; restarting at 0", verify=True
+                )
             if code not in (200, 206):
                 raise _status_failure(resp, self.url)
             etag, lm = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
@@ -795,7 +816,7 @@ class _Transfer:
                     bad = f"no validator and the sizes disagree ({offset}+{length} != {total})"
                 if bad:
                     self.restart()
-                    raise _AttemptFailed(f"cannot resume: {bad}; restarting at 0")
+                    raise _AttemptFailed(f"cannot resume: {bad}; restarting at 0", verify=True)
                 if total is None:
                     total = cr[2]
                     meta["size"] = total
@@ -864,7 +885,7 @@ class _Transfer:
         writer.start()
         net_error = None
         try:
-            for chunk in resp.iter_content(CHUNK):
+            for chunk in _iter_body(resp):
                 if write_error:
                     break
                 if limit is not None and got + len(chunk) > limit:
@@ -970,7 +991,7 @@ class _Transfer:
                         )
                     got = 0
                     try:
-                        for chunk in resp.iter_content(CHUNK):
+                        for chunk in _iter_body(resp):
                             if stop.is_set():
                                 return
                             chunk = chunk[: end - pos]
@@ -1086,7 +1107,7 @@ class _Transfer:
             self.meta, self.hasher, self.hashed = None, None, 0
             raise _AttemptFailed(
                 "verification failed: " + "; ".join(problems) + f" (bad copy moved to {aside})",
-                verify=True,
+                bad_bytes=True,
             )
         with open(self.part, "rb") as f:
             os.fsync(f.fileno())
@@ -1268,12 +1289,17 @@ def _download(
     )
     history: list[str] = []
     t0 = time.monotonic()
-    failures = 0  # consecutive attempts without progress
-    verify_failures = 0
+    failures = 0  # consecutive attempts that did not take the .part past its best so far
+    verify_failures = 0  # bad bytes, or a server contradicting itself (restarts from zero)
+    bad_bytes = False
+
+    def have() -> int:
+        ranges = (t.meta or {}).get("ranges")
+        return sum(r[2] for r in ranges) if ranges else t.part_size()  # parallel .part is sparse
+
+    best = have()
     total_cap = 4 * max_attempts + MAX_VERIFY_FAILURES
     for attempt in range(1, total_cap + 1):
-        before = t.part_size()
-        fetched_before = t.fetched
         try:
             if connections > 1:
                 try:
@@ -1305,17 +1331,20 @@ def _download(
                 rec.sha256,
             )
             return rec
-        progressed = t.fetched > fetched_before and not fail.verify and t.part_size() > before
-        ranges = (t.meta or {}).get("ranges")
-        have = sum(r[2] for r in ranges) if ranges else t.part_size()  # parallel .part is sparse
+        now = have()
+        # Progress = the .part got further than ever before in this call. A server that sends
+        # the same too-short body again and again (then forces a restart) makes none.
+        progressed = now > best and not fail.verify
+        best = max(best, now)
         tot = (t.meta or {}).get("size")
         history.append(
-            f"attempt {attempt}: {fail.reason}; .part has {have}"
+            f"attempt {attempt}: {fail.reason}; .part has {now}"
             + (f" of {tot}" if tot is not None else "")
             + " bytes"
         )
         if fail.verify:
             verify_failures += 1
+        bad_bytes = bad_bytes or fail.bad_bytes
         failures = 0 if progressed else failures + 1
         if fail.fatal or failures >= max_attempts or verify_failures >= MAX_VERIFY_FAILURES:
             break
@@ -1335,7 +1364,7 @@ def _download(
         if t.part.exists() and t.part_size()
         else f"Nothing was written to {dest}."
     )
-    cls = ChecksumMismatchError if verify_failures and not fail.fatal else DownloadError
+    cls = ChecksumMismatchError if bad_bytes and not fail.fatal else DownloadError
     raise cls(
         f"could not download {dest.name} to {dest} from {url} "
         f"({len(history)} attempt{'s' if len(history) != 1 else ''}):\n  "
