@@ -1,4 +1,4 @@
-"""ecephys-pipeline: Allen Visual Coding - Neuropixels NWB files to verified downloads and Parquet."""
+"""ecephys-pipeline: Allen Visual Coding - Neuropixels NWB to verified downloads and Parquet."""
 
 from importlib.metadata import PackageNotFoundError, version
 
