@@ -11,6 +11,9 @@ runs independently; a failure is recorded as ``{"error": traceback}`` and the ot
 ``offline``    {host, manifest, session_id, lfp_probe_id}
     The same cache class opened on a directory written by our workflow, with ``host`` a server
     that must never be asked for anything.
+``catalogue``  {host, manifest, session_id, lfp_session_id, lfp_probe_id}
+    The realistic (58-session) catalogue: the four tables through the cache (errors recorded),
+    one session NWB and one probe's LFP.
 ``nwb``        {path, lfp: {probe_id: lfp_path}, stimulus_paths: {session_id: path}}
     ``EcephysSession.from_nwb_path`` on one session file, with unit filters off and with
     AllenSDK's defaults (arrays go to ``out/nwb_arrays.npz``), and the stimulus presentations
@@ -120,6 +123,43 @@ def run_offline(spec: dict) -> dict:
     return out
 
 
+def _attempt(call):
+    try:
+        return call()
+    except Exception as exc:  # noqa: BLE001 - the error is the result
+        return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+
+
+def run_catalogue(spec: dict) -> dict:
+    """The realistic catalogue through the cache: tables, one session, one probe's LFP."""
+    from allensdk.brain_observatory.ecephys.ecephys_project_cache import EcephysProjectCache
+
+    cache = EcephysProjectCache.from_warehouse(
+        scheme="http", host=spec["host"], manifest=spec["manifest"], fetch_tries=1, timeout=120
+    )
+
+    def ids(df):
+        return {"index": [py(i) for i in df.index], "unique": bool(df.index.is_unique)}
+
+    out = {
+        "session_table": _attempt(lambda: ids(cache.get_session_table())),
+        "probes": _attempt(lambda: ids(cache.get_probes())),
+        "channels": _attempt(lambda: ids(cache.get_channels())),
+        "units": _attempt(lambda: ids(cache.get_units())),
+    }
+
+    def session_id(sid):
+        return {"ecephys_session_id": int(cache.get_session_data(sid).ecephys_session_id)}
+
+    def lfp(sid, pid):
+        session = cache.get_session_data(sid)
+        return lfp_summary(session.get_lfp(pid, mask_invalid_intervals=False))
+
+    out["session"] = _attempt(lambda: session_id(spec["session_id"]))
+    out["lfp"] = _attempt(lambda: lfp(spec["lfp_session_id"], spec["lfp_probe_id"]))
+    return out
+
+
 def run_nwb(spec: dict, out_dir: Path) -> dict:
     from allensdk.brain_observatory.ecephys.ecephys_project_cache import read_nwb
     from allensdk.brain_observatory.ecephys.ecephys_session import EcephysSession
@@ -180,6 +220,7 @@ def main(plan_path: str) -> int:
         "warehouse": lambda s: run_warehouse(s),
         "offline": lambda s: run_offline(s),
         "nwb": lambda s: run_nwb(s, out_dir),
+        "catalogue": lambda s: run_catalogue(s),
     }
     for name, runner in runners.items():
         if plan.get(name) is None:
