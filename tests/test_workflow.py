@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -87,3 +88,23 @@ def test_second_run_has_nothing_to_do(demo_run):
     spec = "config/all_units.yaml"
     again = helpers.run_snakemake(workdir, "--config", f"selection={spec}")
     assert "Nothing to be done" in again.stderr + again.stdout
+
+
+def test_readme_queries_agree_across_pandas_polars_duckdb(demo_run, monkeypatch):
+    """The README's cross-session query, as written there, gives one answer in all three readers."""
+    workdir, _ = demo_run
+    readme = (helpers.REPO / "README.md").read_text()
+    section = readme[readme.index("### Reading the Parquet") : readme.index("## Lock files")]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 3
+    monkeypatch.chdir(workdir)
+    results = []
+    for block in blocks:
+        namespace: dict = {}
+        exec(block, namespace)  # noqa: S102 - the README's own example code
+        results.append(namespace["counts"])
+    by_pandas = results[0].sort_index()
+    by_polars = results[1].to_pandas().set_index("unit_id")["len"].sort_index()
+    by_duckdb = results[2].set_index("unit_id")["n_spikes"].sort_index()
+    assert len(by_pandas) > 0 and by_pandas.sum() > 0
+    assert by_pandas.to_dict() == by_polars.to_dict() == by_duckdb.to_dict()
