@@ -229,6 +229,21 @@ def test_stall_is_detected_by_read_timeout_and_resumed(fake, dataset, tmp_path):
     assert ranged(new_requests(fake, n0, 1)), "the stalled transfer was not resumed"
 
 
+def test_trickling_connection_is_dropped_and_resumed(fake, dataset, tmp_path, monkeypatch):
+    # bytes keep coming (300 B/s), so no read timeout fires; the rate floor catches it
+    monkeypatch.setattr(dl, "_LOW_RATE_WINDOW", 1.0)
+    fake.set_faults(
+        [{"kind": "bandwidth", "match": "session_1.nwb", "times": 1, "bytes_per_second": 300}]
+    )
+    n0 = len(fake.requests)
+    dest = tmp_path / "s1.nwb"
+    t0 = time.monotonic()
+    rec = download_file(url(fake, 1), dest, read_timeout=5, **FAST)
+    assert time.monotonic() - t0 < 5
+    assert_clean_success(rec, dest, source(dataset, 1))
+    assert [r["status"] for r in ranged(new_requests(fake, n0, 1))] == [206]
+
+
 def test_short_body_is_resumed_to_identical_bytes(fake, dataset, tmp_path):
     fake.set_faults([{"kind": "short_body", "match": "session_1.nwb", "times": 1, "bytes": MiB}])
     n0 = len(fake.requests)

@@ -69,6 +69,11 @@ MIN_RANGE = 8 << 20  # smallest per-connection range in parallel mode
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines
 _SIDECAR_PERSIST_INTERVAL = 2.0
 _PIPELINE_DEPTH = 8  # chunks between the receiving and the writing/hashing thread
+# A connection that trickles (bytes keep arriving, so the read timeout never fires) is dropped and
+# resumed when it delivers less than _LOW_RATE_BPS over _LOW_RATE_WINDOW seconds. The warehouse's
+# worst reported rate is ~500 kB/s (AllenSDK #1505), far above this floor.
+_LOW_RATE_BPS = 1024
+_LOW_RATE_WINDOW = 120.0
 _USER_AGENT = f"ecephys-pipeline/{__version__} (+requests {requests.__version__})"
 
 
@@ -599,6 +604,25 @@ class _RangesUnsupported(Exception):
     pass
 
 
+class _RateFloor:
+    """Says when a connection has been below _LOW_RATE_BPS for a whole _LOW_RATE_WINDOW."""
+
+    def __init__(self) -> None:
+        self.window = _LOW_RATE_WINDOW
+        self.t = time.monotonic()
+        self.n = 0
+
+    def too_slow(self, n: int) -> str | None:
+        now = time.monotonic()
+        if now - self.t < self.window:
+            return None
+        rate = (n - self.n) / (now - self.t)
+        self.t, self.n = now, n
+        if rate < _LOW_RATE_BPS:
+            return f"too slow: {rate:.0f} B/s over {self.window:.0f} s (a trickling connection)"
+        return None
+
+
 def _iter_body(resp: requests.Response):
     """The body as it arrives: each chunk is what one read returned (up to CHUNK).
 
@@ -884,9 +908,13 @@ class _Transfer:
         writer = threading.Thread(target=sink, name=f"write {self.dest.name}", daemon=True)
         writer.start()
         net_error = None
+        slow = None
+        floor = _RateFloor()
         try:
             for chunk in _iter_body(resp):
                 if write_error:
+                    break
+                if slow := floor.too_slow(got):
                     break
                 if limit is not None and got + len(chunk) > limit:
                     chunk = chunk[: limit - got]
@@ -910,6 +938,8 @@ class _Transfer:
                 f"{type(net_error).__name__}: {_short_exc(net_error)} after {got} bytes of this "
                 "attempt"
             ) from net_error
+        if slow:
+            raise _AttemptFailed(f"{slow} after {got} bytes of this attempt")
         return written[0]
 
     # -- one parallel attempt
@@ -990,10 +1020,15 @@ class _Transfer:
                             f"{resp.headers.get('Content-Range')!r}"
                         )
                     got = 0
+                    floor = _RateFloor()
                     try:
                         for chunk in _iter_body(resp):
                             if stop.is_set():
                                 return
+                            if slow := floor.too_slow(got):
+                                raise _AttemptFailed(
+                                    f"range {start}-{end - 1}: {slow} after {got} bytes"
+                                )
                             chunk = chunk[: end - pos]
                             view = memoryview(chunk)
                             while view:
