@@ -46,6 +46,7 @@ ALLENSDK_PYTHON = allensdk_python()
 
 pytestmark = [
     pytest.mark.allensdk,
+    pytest.mark.e2e,  # the fixture runs the demo workflow
     pytest.mark.skipif(
         ALLENSDK_PYTHON is None,
         reason="no AllenSDK interpreter: set ALLENSDK_PYTHON (make oracle builds .venv-allensdk) "
