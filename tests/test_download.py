@@ -708,6 +708,8 @@ def test_preflight_counts_part_bytes_and_present_files(tmp_path):
         reserve_bytes=0,
     )
     assert need == 700 + 50
+    Path(f"{tmp_path}/half.nwb.part.json").unlink()  # no sidecar: the .part will be discarded
+    assert check_free_space([(tmp_path / "half.nwb", 1000)], tmp_path, reserve_bytes=0) == 1000
 
 
 def test_parse_retry_after():

@@ -442,8 +442,10 @@ def check_free_space(
         n += 1
         part = part_path(path)
         have = 0
-        meta = _read_json(sidecar_path(path)) or {}
-        if part.exists() and not meta.get("ranges"):  # parallel parts are preallocated (sparse)
+        meta = _read_json(sidecar_path(path))
+        # only a resumable single-stream .part counts: one without a sidecar will be discarded,
+        # and a parallel .part is preallocated (sparse), so its size says nothing
+        if part.exists() and meta is not None and not meta.get("ranges"):
             have = min(part.stat().st_size, size)
         in_parts += have
         need += size - have
