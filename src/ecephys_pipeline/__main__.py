@@ -93,6 +93,53 @@ def _extract_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------- plan
+
+
+@register(
+    "plan",
+    help="print what a run would fetch (sessions, probes, files, bytes already present, bytes to "
+    "download, free space) before any byte moves",
+)
+def _plan_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--configfile",
+        default="config/config.yaml",
+        type=Path,
+        help="the config snakemake would run with (default: config/config.yaml); run from the "
+        "workflow directory",
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write the plan as JSON here")
+    p.set_defaults(run=_plan_run)
+
+
+def _plan_run(args: argparse.Namespace) -> int:
+    from .download import DownloadError
+    from .plan import check_space, load_workflow_config, plan_from_config
+    from .selection import SelectionError, SpecError
+
+    try:
+        config = load_workflow_config(args.configfile)
+        chosen, the_plan = plan_from_config(config)
+    except (SpecError, SelectionError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for session in chosen["sessions"]:
+        names = ", ".join(
+            p["name"] + ("" if p["download_lfp"] else " (no LFP)") for p in session["probes"]
+        )
+        print(f"session {session['session_id']} {session['session_type']}: {names}")
+    print(the_plan.summary(chosen))
+    if args.json:
+        the_plan.to_json(args.json)
+    try:
+        check_space(the_plan, reserve_bytes=int(config["download"]["reserve_free_gb"] * 1e9))
+    except DownloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # --------------------------------------------------------------------------------- main
 
 

@@ -127,3 +127,71 @@ def check_space(plan: Plan, *, reserve_bytes: int = 1 << 30) -> None:
         plan.cache_dir,
         reserve_bytes=reserve_bytes,
     )
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """Snakemake's config merge: nested mappings merged key by key, the override winning."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_workflow_config(
+    configfile: str | Path,
+    *,
+    base: str | Path = "config/config.yaml",
+    schema: str | Path = "workflow/schemas/config.schema.yaml",
+) -> dict:
+    """The config a ``snakemake --configfile <configfile>`` run sees, validated, defaults filled."""
+    import jsonschema
+    import yaml
+
+    from .selection import fill_defaults
+
+    config = yaml.safe_load(Path(base).read_text()) or {}
+    if Path(configfile) != Path(base):
+        config = _merge(config, yaml.safe_load(Path(configfile).read_text()) or {})
+    schema_doc = yaml.safe_load(Path(schema).read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema_doc).iter_errors(config), key=str)
+    if errors:
+        where = "; ".join(f"{'.'.join(map(str, e.path)) or '<top>'}: {e.message}" for e in errors)
+        raise ValueError(f"{configfile}: invalid config: {where}")
+    return fill_defaults(config, schema_doc, schema_doc)
+
+
+def plan_from_config(config: dict) -> tuple[dict, Plan]:
+    """Resolve the selection and size every file, as the workflow's checkpoint would.
+
+    Tables already in the cache are used as they are; missing ones are fetched into memory only
+    (nothing is written). In the demo the fake warehouse runs for the duration of the call.
+    """
+    from . import demo, selection
+
+    demo_cfg = config.get("demo") or {}
+    if demo_cfg.get("enabled"):
+        demo.ensure_dataset(
+            demo_cfg["dataset_dir"],
+            seed=demo_cfg["seed"],
+            sessions=demo_cfg["sessions"],
+            realistic=demo_cfg["realistic"],
+        )
+        demo.start(demo_cfg["dataset_dir"])
+    try:
+        source = sources.Source.from_config(config)
+        cache_dir = Path(config["cache_dir"])
+        tables = {}
+        for table in metadata.PROCESSORS:
+            path = cache_dir / f"{table}.csv"
+            tables[table] = (
+                metadata.read_table(path) if path.exists() else sources.fetch_table(source, table)
+            )
+        spec = selection.load_spec(config["selection"])
+        chosen = selection.resolve(spec, tables).to_dict()
+        return chosen, make_plan(chosen, source, cache_dir)
+    finally:
+        if demo_cfg.get("enabled"):
+            demo.stop(demo_cfg["dataset_dir"])

@@ -162,7 +162,12 @@ def iter_pages(
                 f"total_rows={total_rows}; the service is misbehaving (AllenSDK would loop forever)"
             )
         start_row += len(rows)
-        log.info("fetched %d of %d rows", start_row, total_rows)
+        log.log(
+            logging.INFO if total_rows > page_size else logging.DEBUG,
+            "fetched %d of %d rows",
+            start_row,
+            total_rows,
+        )
         yield rows
 
 

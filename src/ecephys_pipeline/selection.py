@@ -285,7 +285,7 @@ def _resolve_ref(schema: dict, root: dict) -> dict:
     return merged
 
 
-def _fill_defaults(value: Any, schema: dict, root: dict) -> Any:
+def fill_defaults(value: Any, schema: dict, root: dict) -> Any:
     schema = _resolve_ref(schema, root)
     if not isinstance(value, dict) or "properties" not in schema:
         return value
@@ -295,7 +295,7 @@ def _fill_defaults(value: Any, schema: dict, root: dict) -> Any:
         if key not in out and "default" in sub_r:
             out[key] = copy.deepcopy(sub_r["default"])
         if key in out:
-            out[key] = _fill_defaults(out[key], sub_r, root)
+            out[key] = fill_defaults(out[key], sub_r, root)
     return out
 
 
@@ -488,7 +488,7 @@ def load_spec(spec: str | Path | Mapping[str, Any] | None, *, source: str | None
     problems = _schema_errors(data, schema)
     if problems:
         raise SpecError(problems, source)
-    filled = _fill_defaults(data, schema, schema)
+    filled = fill_defaults(data, schema, schema)
     problems = _semantic_errors(filled)
     if problems:
         raise SpecError(problems, source)

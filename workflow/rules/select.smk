@@ -15,6 +15,7 @@ checkpoint select_sessions:
     params:
         source=source_config(),
         preflight=config["download"]["preflight"],
+        reserve_free_gb=config["download"]["reserve_free_gb"],
     script:
         "../scripts/select_sessions.py"
 

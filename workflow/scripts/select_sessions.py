@@ -1,4 +1,3 @@
-import json
 import logging
 from pathlib import Path
 
@@ -10,13 +9,13 @@ cache_dir = Path(snakemake.input.tables[0]).parent
 tables = selection.load_tables(cache_dir)
 chosen = selection.resolve(spec, tables)
 chosen.to_json(snakemake.output.selection)
-resolved = json.loads(Path(snakemake.output.selection).read_text())
+resolved = chosen.to_dict()
 if snakemake.params.preflight:
     source = sources.Source.from_config(snakemake.params.source)
     the_plan = plan.make_plan(resolved, source, cache_dir)
     logging.info("plan:\n%s", the_plan.summary(resolved))
     try:
-        plan.check_space(the_plan)
+        plan.check_space(the_plan, reserve_bytes=int(snakemake.params.reserve_free_gb * 1e9))
     except Exception:
         Path(snakemake.output.selection).unlink()  # no selection, no download
         raise
