@@ -728,12 +728,6 @@ def _unique_ids(root: Path, model: str) -> list:
     return dups
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FIDELITY BUG in synth realistic catalogue (_synth_records.build_records): channel ids "
-    "of a KNOWN_CHANNEL_BASES probe overlap a generated probe's, and generated LFP "
-    "WellKnownFile ids reuse real session-NWB WKF ids; remove this mark once fixed",
-)
 def test_realistic_catalogue_through_allensdk(run):
     """The 58-session catalogue through AllenSDK's cache: every table, one session NWB, one LFP.
     Real Allen ids are unique per model; AllenSDK's get_channels() crashes on reused ids and a

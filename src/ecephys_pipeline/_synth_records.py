@@ -360,6 +360,9 @@ def build_records(seed: int, knobs: Knobs, realistic: bool) -> dict[str, list[di
     channel_base = int(rng_ids.integers(849_000_000, 849_700_000)) // 2 * 2
     unit_base = int(rng_ids.integers(915_000_000, 920_000_000))
     lfp_wkf_next = 1026124000 + int(rng_ids.integers(0, 100)) * 10
+    # ids that generated records must not take: the real ones pinned in catalog_real
+    used_wkf_ids = {p.nwb_wkf_id for p in plans} | set(real.KNOWN_LFP_WKF_IDS.values())
+    reserved_channels = [(b, b + 2 * N_CHANNELS) for b in real.KNOWN_CHANNEL_BASES.values()]
 
     for plan in plans:
         sid = plan.session_id
@@ -429,8 +432,13 @@ def build_records(seed: int, knobs: Knobs, realistic: bool) -> dict[str, list[di
                 }
             )
             if has_lfp:
-                wid = real.KNOWN_LFP_WKF_IDS.get(pid, lfp_wkf_next)
-                lfp_wkf_next += 7
+                wid = real.KNOWN_LFP_WKF_IDS.get(pid)
+                if wid is None:
+                    while lfp_wkf_next in used_wkf_ids:
+                        lfp_wkf_next += 7
+                    wid = lfp_wkf_next
+                    used_wkf_ids.add(wid)
+                    lfp_wkf_next += 7
                 wkfs.append(
                     {
                         "attachable_id": pid,
@@ -445,8 +453,13 @@ def build_records(seed: int, knobs: Knobs, realistic: bool) -> dict[str, list[di
                     }
                 )
             layout = probe_layout(seed, pid, slot)
-            cbase = real.KNOWN_CHANNEL_BASES.get(pid, channel_base)
-            channel_base = max(channel_base, cbase) + 2 * N_CHANNELS + 2 * int(prng.integers(0, 50))
+            cbase = real.KNOWN_CHANNEL_BASES.get(pid)
+            if cbase is None:  # a generated probe: its id block must not overlap a real one
+                cbase = channel_base
+                for start, end in sorted(reserved_channels):
+                    if cbase < end and start < cbase + 2 * N_CHANNELS:
+                        cbase = end
+                channel_base = cbase + 2 * N_CHANNELS + 2 * int(prng.integers(0, 50))
             vert, horiz = channel_geometry(np.arange(N_CHANNELS))
             valid_ids = []
             for li in range(N_CHANNELS):
