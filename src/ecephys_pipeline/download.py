@@ -407,12 +407,28 @@ def remote_size(url: str, session: requests.Session | None = None, **kw: Any) ->
 # --------------------------------------------------------------------------- preflight
 
 
-def _existing_ancestor(path: Path) -> Path:
+def existing_ancestor(path: Path) -> Path:
     path = Path(os.path.abspath(path))
     for p in (path, *path.parents):
         if p.exists():
             return p
     return path  # pragma: no cover - "/" always exists
+
+
+def bytes_present(dest: str | os.PathLike, size: int | None) -> int:
+    """Bytes of ``dest`` already on disk that a download will keep: the finished file, or what
+    a resumable ``.part`` holds. A ``.part`` without a sidecar will be discarded (0); a parallel
+    ``.part`` is preallocated (sparse), so its sidecar's per-range progress counts, not its size."""
+    dest = Path(dest)
+    if dest.exists():
+        return dest.stat().st_size
+    meta = _read_json(sidecar_path(dest))
+    part = part_path(dest)
+    if meta is None or not part.exists() or size is None:
+        return 0
+    if meta.get("ranges"):
+        return min(sum(done for _start, _end, done in meta["ranges"]), size)
+    return min(part.stat().st_size, size)
 
 
 def check_free_space(
@@ -440,16 +456,10 @@ def check_free_space(
             unknown.append(path)
             continue
         n += 1
-        part = part_path(path)
-        have = 0
-        meta = _read_json(sidecar_path(path))
-        # only a resumable single-stream .part counts: one without a sidecar will be discarded,
-        # and a parallel .part is preallocated (sparse), so its size says nothing
-        if part.exists() and meta is not None and not meta.get("ranges"):
-            have = min(part.stat().st_size, size)
+        have = bytes_present(path, size)
         in_parts += have
         need += size - have
-    where = _existing_ancestor(cache_dir)
+    where = existing_ancestor(cache_dir)
     free = shutil.disk_usage(where).free
     if unknown:
         log.warning(
@@ -471,7 +481,7 @@ def check_free_space(
 # --------------------------------------------------------------------------- adopt / verify
 
 
-def _hdf5_problem(path: Path) -> str | None:
+def hdf5_problem(path: Path) -> str | None:
     """None if h5py opens ``path``; else a sentence saying what it is instead."""
     import h5py
 
@@ -492,7 +502,7 @@ def _hdf5_problem(path: Path) -> str | None:
         return f"is not a readable HDF5 file (h5py: {e}); it is probably truncated or corrupt"
 
 
-def _write_record(dest: Path, rec: DownloadRecord) -> None:
+def write_record(dest: Path, rec: DownloadRecord) -> None:
     st = dest.stat() if dest.exists() else None
     d = rec.to_dict()
     # mtime_ns lets a rerun trust the file without hashing it again (size + mtime unchanged).
@@ -522,7 +532,7 @@ def _record_is_fresh(dest: Path) -> DownloadRecord | None:
     return None
 
 
-def _mismatches(size: int, sha: str, exp: Mapping[str, Any]) -> list[str]:
+def mismatches(size: int, sha: str, exp: Mapping[str, Any]) -> list[str]:
     out = []
     if exp.get("size") is not None and exp["size"] != size:
         out.append(f"size {size} bytes, expected {exp['size']}")
@@ -548,7 +558,7 @@ def adopt_existing(
     size = dest.stat().st_size
     prog = _Progress(dest.name, size, progress or log, what="hashed")
     n, sha = sha256_file(dest, progress=prog)
-    problems = _mismatches(n, sha, exp)
+    problems = mismatches(n, sha, exp)
     etag = last_modified = None
     if url is not None and not problems:
         try:
@@ -561,7 +571,7 @@ def adopt_existing(
                 problems.append(f"size {n} bytes, but the server has {info.size} bytes")
             etag, last_modified = info.etag, info.last_modified
     if not problems and verify_hdf5:
-        p = _hdf5_problem(dest)
+        p = hdf5_problem(dest)
         if p:
             problems.append(p)
     if problems:
@@ -578,7 +588,7 @@ def adopt_existing(
         etag=etag if etag is not None else exp.get("etag"),
         last_modified=last_modified,
     )
-    _write_record(dest, rec)
+    write_record(dest, rec)
     log.info("adopted existing %s (%s, sha256 %s)", dest, _fmt_bytes(n), sha[:12])
     return rec
 
@@ -1132,9 +1142,9 @@ class _Transfer:
         problems = []
         if meta.get("size") is not None and n != meta["size"]:
             problems.append(f"{n} bytes on disk but the server announced {meta['size']}")
-        problems += _mismatches(n, sha, self.exp)
+        problems += mismatches(n, sha, self.exp)
         if not problems and verify_hdf5:
-            p = _hdf5_problem(self.part)
+            p = hdf5_problem(self.part)
             if p:
                 problems.append(f"the downloaded file {p}")
         if problems:
@@ -1279,7 +1289,7 @@ def _present(
 ) -> DownloadRecord | None:
     """``dest`` exists: return its record if it is the right file, else set it aside (None)."""
     rec = _record_is_fresh(dest)
-    if rec is not None and not _mismatches(rec.size, rec.sha256, exp):
+    if rec is not None and not mismatches(rec.size, rec.sha256, exp):
         log.info("%s: already downloaded (record matches size and mtime; not re-hashed)", dest)
         _unlink(part_path(dest))
         _unlink(sidecar_path(dest))

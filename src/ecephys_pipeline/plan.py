@@ -86,15 +86,6 @@ def planned_files(selection: dict) -> list[tuple[int, int | None]]:
     return out
 
 
-def _present(dest: Path, size: int | None) -> int:
-    if dest.exists():
-        return dest.stat().st_size
-    part = download.part_path(dest)
-    if part.exists() and size is not None:
-        return min(part.stat().st_size, size)
-    return 0
-
-
 def make_plan(
     selection: dict, source: sources.Source, cache_dir: str | Path, *, workers: int = 8
 ) -> Plan:
@@ -112,11 +103,11 @@ def make_plan(
             size = dest.stat().st_size  # adopted or finished: no request needed
         else:
             size = download.remote_size(url)
-        return PlannedFile(rel, session_id, probe_id, url, size, _present(dest, size))
+        return PlannedFile(rel, session_id, probe_id, url, size, download.bytes_present(dest, size))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         files = list(pool.map(one, planned_files(selection)))
-    where = cache_dir if cache_dir.exists() else download._existing_ancestor(cache_dir)
+    where = cache_dir if cache_dir.exists() else download.existing_ancestor(cache_dir)
     return Plan(str(cache_dir), files, shutil.disk_usage(where).free)
 
 

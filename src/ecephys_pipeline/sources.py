@@ -145,13 +145,13 @@ def _copy_local(src: Path, dest: Path, *, expected: dict | None, verify_hdf5: bo
         fout.flush()
         os.fsync(fout.fileno())
     sha = digest.hexdigest()
-    problems = download._mismatches(size, sha, expected or {})
+    problems = download.mismatches(size, sha, expected or {})
     if not problems and verify_hdf5:
-        problem = download._hdf5_problem(part)
+        problem = download.hdf5_problem(part)
         if problem:
             problems.append(f"{src} {problem}")
     if problems:
-        aside = download.set_aside(part, sha, "mismatch")
+        aside = download.set_aside(part, sha, "mismatch", dest=dest)
         raise download.ChecksumMismatchError(
             f"{src} was not copied to {dest}: {'; '.join(problems)}; the copy is at {aside}"
         )
@@ -159,7 +159,7 @@ def _copy_local(src: Path, dest: Path, *, expected: dict | None, verify_hdf5: bo
     record = download.DownloadRecord(
         path=os.path.abspath(dest), size=size, sha256=sha, url=src.resolve().as_uri()
     )
-    download._write_record(dest, record)
+    download.write_record(dest, record)
     return record
 
 
