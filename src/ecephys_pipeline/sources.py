@@ -39,7 +39,7 @@ class Source:
         if kind not in KINDS:
             raise SourceError(f"source.kind {kind!r} is not one of {', '.join(KINDS)}")
         demo_cfg = config.get("demo") or {}
-        if demo_cfg.get("enabled"):
+        if demo_cfg.get("enabled") and kind != "local":  # a local source is a real directory
             dataset_dir = demo_cfg.get("dataset_dir", "resources/fake_warehouse/dataset")
             url_path = demo.url_file(dataset_dir)
             if not url_path.exists():
@@ -49,8 +49,6 @@ class Source:
                     "snakemake, not a single job with --allowed-rules"
                 )
             url = url_path.read_text().strip()
-            if kind == "local":
-                url = str(Path(dataset_dir) / "files")
         return cls(kind=kind, url=url.rstrip("/"))
 
 

@@ -1,0 +1,107 @@
+"""The three sources end to end through the workflow (issue 3): the warehouse, the bucket's S3
+layout over HTTPS, and a local (mounted) AllenSDK cache; plus adopting an existing AllenSDK
+cache. Each gives the same files, hence the same Parquet, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+import workflow_helpers as helpers
+
+pytestmark = pytest.mark.e2e
+
+
+def write_config(workdir, **changes) -> list[str]:
+    config = yaml.safe_load((workdir / "config/demo.yaml").read_text())
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        if name:
+            config[section][name] = value
+        else:
+            config[section] = value
+    (workdir / "config/test.yaml").write_text(yaml.safe_dump(config))
+    return ["--configfile", "config/test.yaml"]
+
+
+def state(workdir):
+    cache = workdir / "resources/allen_cache"
+    return helpers.checksums(workdir / "results/parquet") | {
+        f"cache/{k}": v for k, v in helpers.checksums(cache, "session_*/*.nwb").items()
+    }
+
+
+def download_logs(workdir) -> str:
+    return "\n".join(p.read_text() for p in sorted((workdir / "logs/download").glob("*.log")))
+
+
+@pytest.fixture(scope="module")
+def warehouse_run(tmp_path_factory):
+    workdir = helpers.copy_workflow(tmp_path_factory.mktemp("warehouse"))
+    helpers.run_snakemake(workdir)
+    return workdir
+
+
+def test_s3_layout_gives_the_same_bytes(warehouse_run, tmp_path):
+    workdir = helpers.copy_workflow(tmp_path / "s3")
+    helpers.run_snakemake(workdir, *write_config(workdir, source__kind="s3"))
+    assert state(workdir) == state(warehouse_run)
+    lock = json.loads((workdir / "results/ecephys.lock.json").read_text())
+    urls = [entry["url"] for entry in lock["files"].values()]
+    assert all("/visual-coding-neuropixels/ecephys-cache/session_" in u for u in urls), urls
+    for table in ("sessions", "probes", "channels", "units"):
+        a = (workdir / f"resources/allen_cache/{table}.csv").read_bytes()
+        assert a == (warehouse_run / f"resources/allen_cache/{table}.csv").read_bytes(), table
+
+
+def test_local_mounted_cache_needs_no_server(warehouse_run, tmp_path):
+    mounted = tmp_path / "mounted"  # e.g. a workshop drive or the bucket mounted with s3fs
+    shutil.copytree(
+        warehouse_run / "resources/allen_cache",
+        mounted,
+        ignore=shutil.ignore_patterns("*.download.json"),
+    )
+    workdir = helpers.copy_workflow(tmp_path / "local")
+    args = write_config(
+        workdir, source={"kind": "local", "url": str(mounted)}, demo={"enabled": False}
+    )
+    helpers.run_snakemake(workdir, *args)
+    assert state(workdir) == state(warehouse_run)
+    lock = json.loads((workdir / "results/ecephys.lock.json").read_text())
+    assert all(e["url"].startswith("file://") for e in lock["files"].values())
+    assert not (workdir / "resources/fake_warehouse").exists(), "no server was involved"
+
+
+def test_existing_allensdk_cache_is_adopted_not_downloaded(warehouse_run, tmp_path):
+    workdir = helpers.copy_workflow(tmp_path / "adopt")
+    cache = workdir / "resources/allen_cache"
+    # what an AllenSDK user has: the CSVs, manifest.json and the NWB files; no records of ours
+    shutil.copytree(
+        warehouse_run / "resources/allen_cache",
+        cache,
+        ignore=shutil.ignore_patterns("*.download.json"),
+    )
+    helpers.run_snakemake(workdir)
+    logs = download_logs(workdir)
+    assert logs.count("adopted existing") == len(list(cache.glob("session_*/*.nwb"))), logs
+    assert "fetching" not in logs, "nothing was downloaded again"
+    assert state(workdir) == state(warehouse_run)
+
+
+def test_corrupt_file_in_an_existing_cache_is_set_aside_and_fetched_again(warehouse_run, tmp_path):
+    workdir = helpers.copy_workflow(tmp_path / "truncated")
+    cache = workdir / "resources/allen_cache"
+    shutil.copytree(
+        warehouse_run / "resources/allen_cache",
+        cache,
+        ignore=shutil.ignore_patterns("*.download.json"),
+    )
+    victim = next(cache.glob("session_*/session_*.nwb"))
+    with open(victim, "r+b") as handle:  # AllenSDK #2741: an interrupted download left behind
+        handle.truncate(victim.stat().st_size // 2)
+    helpers.run_snakemake(workdir)
+    assert list(victim.parent.glob(f"{victim.name}.mismatch-*")), "the bad copy was set aside"
+    assert state(workdir) == state(warehouse_run)
