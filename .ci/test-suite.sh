@@ -1,13 +1,30 @@
 #!/usr/bin/env bash
 # The test suite behind `make test`: pytest over everything, then the real-SLURM end-to-end test
 # on a single-node cluster brought up on this machine (needs root and apt; skipped otherwise).
+# The last line is the combined count of both runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+reports=$(mktemp -d)
 status=0
-pytest -m "not slurm" || status=$?
+pytest -m "not slurm" --junitxml="$reports/main.xml" || status=$?
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    bash .ci/slurm/run-test.sh || status=$?
+    SLURM_JUNITXML="$reports/slurm.xml" bash .ci/slurm/run-test.sh || status=$?
 else
     echo "SLURM end-to-end test skipped: it installs and starts slurmctld/slurmd, which needs root and apt"
 fi
+python3 - "$reports" <<'PY'
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+for report in sorted(Path(sys.argv[1]).glob("*.xml")):
+    for suite in ET.parse(report).getroot().iter("testsuite"):
+        for key in counts:
+            counts[key] += int(suite.get(key, 0))
+failed = counts["failures"] + counts["errors"]
+passed = counts["tests"] - failed - counts["skipped"]
+print(f"{passed} passed, {failed} failed, {counts['skipped']} skipped")
+PY
+rm -rf "$reports"
 exit "$status"

@@ -41,7 +41,8 @@ echo "[slurm-test +$(since)s] cluster up; running pytest -m slurm (timeout ${TIM
 # SIGINT (a group-wide signal, or plain timeout's second one to its group, would interrupt the
 # clean-up in tests/test_slurm.py).
 setsid timeout --foreground -s INT -k 120 "$TIMEOUT_S" "$PYTHON" -m pytest -m slurm \
-    -p no:cacheprovider --basetemp="$BASETEMP" -v tests/test_slurm.py &
+    -p no:cacheprovider --basetemp="$BASETEMP" -v ${SLURM_JUNITXML:+--junitxml="$SLURM_JUNITXML"} \
+    tests/test_slurm.py &
 pytest_pid=$!
 on_signal() {
     echo "[slurm-test +$(since)s] $1: interrupting pytest (pid $pytest_pid)" >&2
