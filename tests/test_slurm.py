@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import itertools
+import json
 import os
 import re
 import shutil
@@ -289,3 +290,19 @@ def test_demo_on_slurm_matches_local_run(cluster: Cluster, tmp_path: Path) -> No
     assert on_cluster.keys() == here.keys()
     differing = [name for name in here if on_cluster[name] != here[name]]
     assert not differing, f"Parquet differs between the SLURM and the local run: {differing}"
+
+
+def test_lfp_downloads_can_be_grouped(cluster: Cluster, tmp_path: Path) -> None:
+    """profiles/slurm's commented grouping: every 2 LFP downloads are one sbatch job."""
+    workdir = copy_workflow(tmp_path / "grouped")
+    args = ["--configfile", "config/demo.yaml", "--groups", "download_lfp_nwb=lfp"]
+    log = run_on_slurm(workdir, cluster, *args, "--group-components", "lfp=2")
+    group_jobs = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*group_lfp_\S*\)", log)
+    selection = json.loads((workdir / "results/selection/selection.json").read_text())
+    n_lfp = sum(p["download_lfp"] for s in selection["sessions"] for p in s["probes"])
+    assert n_lfp >= 3 and len(group_jobs) == (n_lfp + 1) // 2, (n_lfp, group_jobs)
+    if cluster.accounting:
+        rows = sacct_rows(group_jobs)
+        assert all(rows[j]["State"] == "COMPLETED" for j in group_jobs), rows
+    lock = json.loads((workdir / "results/ecephys.lock.json").read_text())
+    assert sum(k.endswith("_lfp.nwb") for k in lock["files"]) == n_lfp
