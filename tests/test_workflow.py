@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -108,3 +110,22 @@ def test_readme_queries_agree_across_pandas_polars_duckdb(demo_run, monkeypatch)
     by_duckdb = results[2].set_index("unit_id")["n_spikes"].sort_index()
     assert len(by_pandas) > 0 and by_pandas.sum() > 0
     assert by_pandas.to_dict() == by_polars.to_dict() == by_duckdb.to_dict()
+
+
+def test_rule_scripts_find_the_package_without_an_install(tmp_path):
+    """With --sdm conda the jobs run in envs/pipeline.yaml, which has only the dependencies:
+    Snakemake puts a script's folder on sys.path, and the package is linked into it."""
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    code = (
+        "import sys; sys.path.append('workflow/scripts'); "
+        "import ecephys_pipeline.logs as m; print(m.__file__)"
+    )
+    out = subprocess.run(
+        [str(bare / "bin/python"), "-c", code],
+        cwd=helpers.REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert Path(out).resolve() == helpers.REPO / "src/ecephys_pipeline/logs.py"
