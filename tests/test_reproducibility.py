@@ -77,6 +77,8 @@ def test_manifest_records_inputs_outputs_and_versions(reference):
     workdir, _ = reference
     manifest = json.loads((workdir / "results/manifest.json").read_text())
     lock = json.loads((workdir / "results/ecephys.lock.json").read_text())
+    selection = json.loads((workdir / "results/selection/selection.json").read_text())
+    assert manifest["spec_sha256"] == selection["spec_sha256"], "one hash, one name"
     assert manifest["inputs"] == {
         k: {"size": v["size"], "sha256": v["sha256"]} for k, v in lock["files"].items()
     }

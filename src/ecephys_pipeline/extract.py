@@ -15,7 +15,6 @@ final path never holds a partial file.  The same input gives byte-identical outp
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
+from .download import sha256_file
 from .nwb import (
     Electrodes,
     NwbError,
@@ -40,6 +40,7 @@ from .nwb import (
     open_session,
     strings_to_float,
 )
+from .selection import DEFAULT_UNIT_FILTERS
 
 log = logging.getLogger(__name__)
 
@@ -227,15 +228,6 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 # --------------------------------------------------------------------------------------------
 # unit filters (AllenSDK semantics: allensdk/brain_observatory/ecephys/__init__.py, probes.py)
-
-DEFAULT_UNIT_FILTERS: dict[str, Any] = {
-    "quality": "good",
-    "amplitude_cutoff_maximum": 0.1,
-    "presence_ratio_minimum": 0.95,
-    "isi_violations_maximum": 0.5,
-    "filter_by_validity": True,
-    "filter_out_of_brain_units": True,
-}
 
 
 def _normalise_filters(filters: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -436,14 +428,6 @@ def _write_parquet(
         write_statistics=True,
         row_group_size=row_group_size,
     )
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -822,7 +806,7 @@ def extract_session(
         unit_filters = _normalise_filters(unit_filters)
     with open_session(nwb_path) as s:
         if source_sha256 is None:
-            source_sha256 = _sha256_file(nwb_path)
+            source_sha256 = sha256_file(nwb_path)[1]
         sid = s.session_id
         meta = {
             META_PREFIX + "source_sha256": source_sha256,

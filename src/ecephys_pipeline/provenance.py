@@ -16,7 +16,9 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from . import __version__
+from .download import sha256_file
 from .metadata import atomic_write_text
+from .selection import canonical_json
 
 PACKAGES = (
     "ecephys-pipeline",
@@ -34,16 +36,8 @@ PACKAGES = (
 
 
 def canonical_sha256(obj) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """sha256 of the canonical JSON of ``obj``: the form selection.json's spec_sha256 uses."""
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
 
 
 def package_versions() -> dict[str, str]:
@@ -77,13 +71,13 @@ def run_manifest(
         "pipeline_version": __version__,
         "config_sha256": canonical_sha256(config),
         "spec_sha256": canonical_sha256(spec),
-        "selection_sha256": file_sha256(Path(selection_path)),
+        "selection_sha256": sha256_file(Path(selection_path))[1],
         "inputs": {
             path: {"size": entry["size"], "sha256": entry["sha256"]}
             for path, entry in sorted(lock["files"].items())
         },
         "outputs": {
-            Path(path).relative_to(root).as_posix(): file_sha256(Path(path))
+            Path(path).relative_to(root).as_posix(): sha256_file(Path(path))[1]
             for path in sorted(outputs)
         },
         "software": package_versions(),
