@@ -121,6 +121,11 @@ def source_config():
     return {"source": config["source"], "demo": DEMO}
 
 
+def download_runtime(wildcards, attempt):
+    """Minutes: a 3 GB file at the warehouse's slow ~0.5 MB/s takes ~100 min; more on a retry."""
+    return 240 * attempt
+
+
 def extract_mem_mb(wildcards, input, attempt):
     """Extraction holds one probe's spikes and the waveform block: scale with the file."""
     return int((1024 + 1.5 * input.size_mb) * attempt)

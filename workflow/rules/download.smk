@@ -13,10 +13,11 @@ rule download_session_nwb:
     retries: 1
     conda:
         "../../envs/pipeline.yaml"
+    threads: 1
     resources:
         downloads=1,
         mem_mb=512,
-        runtime=240,
+        runtime=download_runtime,
     params:
         source=source_config(),
         options=download_options(),
@@ -36,10 +37,11 @@ rule download_lfp_nwb:
     retries: 1
     conda:
         "../../envs/pipeline.yaml"
+    threads: 1
     resources:
         downloads=1,
         mem_mb=512,
-        runtime=240,
+        runtime=download_runtime,
     params:
         source=source_config(),
         options=download_options(),
@@ -58,6 +60,7 @@ rule write_lock:
         "logs/download/write_lock.log",
     conda:
         "../../envs/pipeline.yaml"
+    threads: 1
     resources:
         mem_mb=256,
         runtime=5,

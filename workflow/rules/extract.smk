@@ -12,6 +12,7 @@ rule extract_session:
         "logs/extract/session_{session_id}.log",
     conda:
         "../../envs/pipeline.yaml"
+    threads: 1
     resources:
         mem_mb=extract_mem_mb,
         runtime=60,
@@ -32,6 +33,7 @@ rule write_manifest:
         "logs/extract/write_manifest.log",
     conda:
         "../../envs/pipeline.yaml"
+    threads: 1
     resources:
         mem_mb=512,
         runtime=10,

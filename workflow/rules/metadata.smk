@@ -5,6 +5,7 @@ rule fetch_metadata_table:
         "logs/metadata/{table}.log",
     conda:
         "../../envs/pipeline.yaml"
+    threads: 1
     resources:
         mem_mb=2048,
         runtime=60,
@@ -21,6 +22,7 @@ rule cache_manifest:
         "logs/metadata/cache_manifest.log",
     conda:
         "../../envs/pipeline.yaml"
+    threads: 1
     resources:
         mem_mb=256,
         runtime=5,

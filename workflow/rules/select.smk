@@ -9,6 +9,7 @@ checkpoint select_sessions:
         "logs/select/select_sessions.log",
     conda:
         "../../envs/pipeline.yaml"
+    threads: 1
     resources:
         mem_mb=4096,
         runtime=10,
