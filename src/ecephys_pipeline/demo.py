@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,8 +46,6 @@ def ensure_dataset(dataset_dir: str | Path, *, seed: int, sessions: int, realist
             return dataset_dir
     tmp = dataset_dir.with_name(dataset_dir.name + ".tmp")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     if realistic:
         synth.make_dataset(tmp, seed=seed, realistic=True, files="lazy")
@@ -56,8 +55,6 @@ def ensure_dataset(dataset_dir: str | Path, *, seed: int, sessions: int, realist
     info["demo"] = wanted
     (tmp / "dataset.json").write_text(json.dumps(info, indent=2, sort_keys=True))
     if dataset_dir.exists():
-        import shutil
-
         shutil.rmtree(dataset_dir)
     os.replace(tmp, dataset_dir)
     return dataset_dir
