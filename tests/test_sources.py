@@ -34,6 +34,13 @@ def state(workdir):
     }
 
 
+def allensdk_cache_copy(run, dest) -> None:
+    """What an AllenSDK user has: the CSVs, manifest.json and the NWB files; no records of ours."""
+    shutil.copytree(
+        run / "resources/allen_cache", dest, ignore=shutil.ignore_patterns("*.download.json")
+    )
+
+
 def download_logs(workdir) -> str:
     return "\n".join(p.read_text() for p in sorted((workdir / "logs/download").glob("*.log")))
 
@@ -59,11 +66,7 @@ def test_s3_layout_gives_the_same_bytes(warehouse_run, tmp_path):
 
 def test_local_mounted_cache_needs_no_server(warehouse_run, tmp_path):
     mounted = tmp_path / "mounted"  # e.g. a workshop drive or the bucket mounted with s3fs
-    shutil.copytree(
-        warehouse_run / "resources/allen_cache",
-        mounted,
-        ignore=shutil.ignore_patterns("*.download.json"),
-    )
+    allensdk_cache_copy(warehouse_run, mounted)
     workdir = helpers.copy_workflow(tmp_path / "local")
     args = write_config(
         workdir, source={"kind": "local", "url": str(mounted)}, demo={"enabled": False}
@@ -78,12 +81,7 @@ def test_local_mounted_cache_needs_no_server(warehouse_run, tmp_path):
 def test_existing_allensdk_cache_is_adopted_not_downloaded(warehouse_run, tmp_path):
     workdir = helpers.copy_workflow(tmp_path / "adopt")
     cache = workdir / "resources/allen_cache"
-    # what an AllenSDK user has: the CSVs, manifest.json and the NWB files; no records of ours
-    shutil.copytree(
-        warehouse_run / "resources/allen_cache",
-        cache,
-        ignore=shutil.ignore_patterns("*.download.json"),
-    )
+    allensdk_cache_copy(warehouse_run, cache)
     helpers.run_snakemake(workdir)
     logs = download_logs(workdir)
     assert logs.count("adopted existing") == len(list(cache.glob("session_*/*.nwb"))), logs
@@ -94,11 +92,7 @@ def test_existing_allensdk_cache_is_adopted_not_downloaded(warehouse_run, tmp_pa
 def test_corrupt_file_in_an_existing_cache_is_set_aside_and_fetched_again(warehouse_run, tmp_path):
     workdir = helpers.copy_workflow(tmp_path / "truncated")
     cache = workdir / "resources/allen_cache"
-    shutil.copytree(
-        warehouse_run / "resources/allen_cache",
-        cache,
-        ignore=shutil.ignore_patterns("*.download.json"),
-    )
+    allensdk_cache_copy(warehouse_run, cache)
     victim = next(cache.glob("session_*/session_*.nwb"))
     with open(victim, "r+b") as handle:  # AllenSDK #2741: an interrupted download left behind
         handle.truncate(victim.stat().st_size // 2)
