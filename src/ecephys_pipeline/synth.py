@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import metadata
 from ._synth_records import Knobs, build_records
 
 FORMAT = 1
@@ -49,7 +50,6 @@ MODELS = (
     "WellKnownFile",
 )
 INDEX_DTYPES = ("uint8", "uint16", "uint32", "uint64", "int64")
-MANIFEST_VERSION = "0.3.0"
 
 __all__ = [
     "make_dataset",
@@ -235,41 +235,6 @@ def _write_json(path: Path, obj: Any, indent: int | None = None) -> None:
     os.replace(tmp, path)
 
 
-def cache_manifest() -> dict[str, Any]:
-    """AllenSDK EcephysProjectCache manifest (version 0.3.0, W§3.1), as a JSON object."""
-
-    def e(key: str, spec: str, typename: str, parent: str | None = "BASEDIR") -> dict[str, str]:
-        d = {"key": key, "type": typename, "spec": spec}
-        if parent is not None:
-            d["parent_key"] = parent
-        return d
-
-    return {
-        "manifest": [
-            {"type": "manifest_version", "value": MANIFEST_VERSION},
-            e("BASEDIR", ".", "dir", None),
-            e("sessions", "sessions.csv", "file"),
-            e("probes", "probes.csv", "file"),
-            e("channels", "channels.csv", "file"),
-            e("units", "units.csv", "file"),
-            e("session_data", "session_%d", "dir"),
-            e("session_nwb", "session_%d.nwb", "file", "session_data"),
-            e(
-                "session_analysis_metrics",
-                "session_%d_analysis_metrics.csv",
-                "file",
-                "session_data",
-            ),
-            e("probe_lfp_nwb", "probe_%d_lfp.nwb", "file", "session_data"),
-            e("movie_dir", "natural_movie_templates", "dir"),
-            e("typewise_analysis_metrics", "%s_analysis_metrics.csv", "file"),
-            e("natural_movie", "natural_movie_%d.h5", "file", "movie_dir"),
-            e("natural_scene_dir", "natural_scene_templates", "dir"),
-            e("natural_scene", "natural_scene_%d.tiff", "file", "natural_scene_dir"),
-        ]
-    }
-
-
 def s3_tables(records: dict[str, list]) -> dict[str, Any]:
     """The four cache tables as AllenSDK's warehouse API post-processes them (W§2), index ``id``."""
     import pandas as pd
@@ -314,7 +279,8 @@ def s3_tables(records: dict[str, list]) -> dict[str, Any]:
 
 
 def _write_s3(out: Path, records: dict[str, list]) -> None:
-    _write_json(out / "s3" / "manifest.json", cache_manifest(), indent=2)
+    # the bucket mirrors an AllenSDK cache: its manifest.json is the one AllenSDK writes
+    metadata.write_cache_manifest(out / "s3")
     for name, df in s3_tables(records).items():
         tmp = out / "s3" / f".{name}.csv.tmp"
         df.to_csv(tmp)
