@@ -50,13 +50,6 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def output_files(results_dir: Path, datasets: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for dataset in datasets:
-        files += sorted((results_dir / dataset).rglob("*.parquet"))
-    return files
-
-
 def run_manifest(
     *,
     config: dict,

@@ -69,14 +69,6 @@ def probe_lfp_query(probe_id: int) -> str:
     )
 
 
-def well_known_files_query() -> str:
-    """Every session and LFP NWB WellKnownFile in one (paged) query."""
-    return (
-        "criteria=model::WellKnownFile,rma::criteria,"
-        "well_known_file_type[name$in'EcephysNwb','EcephysLfpNwb']"
-    )
-
-
 class RmaError(RuntimeError):
     """The RMA service refused a query or answered something that is not an RMA response."""
 

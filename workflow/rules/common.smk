@@ -58,13 +58,6 @@ def selected_sessions():
         return json.load(handle)["sessions"]
 
 
-def session_probes(session_id):
-    for session in selected_sessions():
-        if session["session_id"] == int(session_id):
-            return session["probes"]
-    raise ValueError(f"session {session_id} is not in the selection")
-
-
 def lfp_downloads():
     return [
         f"{CACHE}/session_{s['session_id']}/probe_{p['probe_id']}_lfp.nwb"
