@@ -70,7 +70,7 @@ class ServerProcess:
         cmd = [
             sys.executable,
             "-m",
-            "ecephys_pipeline.fake_warehouse",
+            "ecephys_pipeline.fake",
             "--data",
             str(data_dir),
             "--port",

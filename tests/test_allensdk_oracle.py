@@ -26,7 +26,7 @@ import pytest
 
 import workflow_helpers as helpers
 from ecephys_pipeline import extract, metadata, selection, synth
-from ecephys_pipeline.fake_warehouse import FakeWarehouse
+from ecephys_pipeline.fake import FakeWarehouse
 from ecephys_pipeline.sources import Source, fetch_table
 
 ORACLE_SCRIPT = Path(__file__).parent / "oracle" / "allensdk_oracle.py"

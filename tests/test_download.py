@@ -43,7 +43,7 @@ from ecephys_pipeline.lockfile import (
     write_lock,
 )
 
-fake_warehouse = pytest.importorskip("ecephys_pipeline.fake_warehouse")
+fake_warehouse = pytest.importorskip("ecephys_pipeline.fake")
 
 S3 = "/visual-coding-neuropixels/ecephys-cache"
 MiB = 1 << 20

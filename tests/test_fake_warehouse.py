@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from ecephys_pipeline.fake_warehouse import FakeWarehouse, validate_faults
+from ecephys_pipeline.fake import FakeWarehouse, validate_faults
 
 T = 10  # seconds: timeout of every client call
 S1, S2 = 715093703, 719161530
@@ -798,7 +798,7 @@ def test_cli_port_file_serves_and_stops_on_sigterm(dataset, tmp_path):
     port_file = tmp_path / "port"
     fault = json.dumps({"kind": "status", "code": 503, "match": "/_never_"})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ecephys_pipeline.fake_warehouse", "--data", str(dataset["root"]),
+        [sys.executable, "-m", "ecephys_pipeline.fake", "--data", str(dataset["root"]),
          "--port", "0", "--port-file", str(port_file), "--fault", fault],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -827,7 +827,7 @@ def test_cli_port_file_serves_and_stops_on_sigterm(dataset, tmp_path):
 
 def test_cli_rejects_bad_fault(dataset):
     proc = subprocess.run(
-        [sys.executable, "-m", "ecephys_pipeline.fake_warehouse", "--data", str(dataset["root"]),
+        [sys.executable, "-m", "ecephys_pipeline.fake", "--data", str(dataset["root"]),
          "--fault", '{"kind": "nope"}'],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import requests
 
-from ecephys_pipeline import metadata, rma, sources, synth
-from ecephys_pipeline.fake_warehouse import FakeWarehouse
+from ecephys_pipeline import layout, metadata, rma, sources, synth
+from ecephys_pipeline.fake import FakeWarehouse
 
 FAST = rma.RetryPolicy(attempts=3, backoff_base=0.01, backoff_max=0.05, read_timeout=10)
 
@@ -67,7 +67,7 @@ def test_channels_page_url_on_the_wire_matches_allensdk():
     assert wire.endswith(",rma::options%5Bstart_row$eq0%5D%5Bnum_rows$eq5000%5D%5Border$eq'id'%5D")
 
 
-@pytest.mark.parametrize("table", rma.TABLES)
+@pytest.mark.parametrize("table", layout.TABLES)
 def test_tables_have_allensdk_columns(warehouse, dataset, table):
     df = metadata.fetch_table(table, warehouse.url, policy=FAST)
     assert df.index.name == "id"

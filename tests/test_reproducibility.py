@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 import workflow_helpers as helpers
-from ecephys_pipeline import demo
+from ecephys_pipeline.fake import demo
 
 pytestmark = pytest.mark.e2e
 

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from ecephys_pipeline import layout
 from ecephys_pipeline import selection as S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -871,7 +872,7 @@ def test_catalogue_matches_allensdk(tmp_path):
 @pytest.mark.allensdk
 @needs_allensdk
 def test_synthetic_catalogue_matches_allensdk(synth_dir, tmp_path):
-    for table in S.TABLES:
+    for table in layout.TABLES:
         (tmp_path / f"{table}.csv").write_bytes((synth_dir / f"{table}.csv").read_bytes())
     compare_with_allensdk(tmp_path)
 

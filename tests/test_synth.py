@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ecephys_pipeline import catalog_real, synth
+from ecephys_pipeline import synth
+from ecephys_pipeline.synth import catalog_real
 
 UNIT_COLUMNS = (
     "peak_channel_id local_index cluster_id quality firing_rate isi_violations presence_ratio "

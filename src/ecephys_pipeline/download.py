@@ -45,7 +45,8 @@ from typing import Any
 import requests
 import urllib3
 
-from . import __version__
+from . import __version__, layout
+from .atomic import fsync_dir, write_json
 from .lockfile import (  # noqa: F401  (re-exported: the contract puts the lock file here)
     LockError,
     LockMismatchError,
@@ -136,17 +137,7 @@ def sidecar_path(dest: str | os.PathLike) -> Path:
 
 
 def record_path(dest: str | os.PathLike) -> Path:
-    return Path(str(dest) + ".download.json")
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}-{threading.get_ident()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return Path(str(dest) + layout.RECORD_SUFFIX)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -163,19 +154,6 @@ def _unlink(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         pass
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - not supported on this platform/file system
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def set_aside(path: Path, sha256: str, why: str, *, dest: Path | None = None) -> Path:
@@ -507,7 +485,7 @@ def write_record(dest: Path, rec: DownloadRecord) -> None:
     d = rec.to_dict()
     # mtime_ns lets a rerun trust the file without hashing it again (size + mtime unchanged).
     d["mtime_ns"] = st.st_mtime_ns if st else None
-    _atomic_write_json(record_path(dest), d)
+    write_json(record_path(dest), d)
 
 
 def read_record(dest: str | os.PathLike) -> DownloadRecord | None:
@@ -752,7 +730,7 @@ class _Transfer:
             with open(self.part, "r+b") as f:
                 f.truncate(prefix)
             del self.meta["ranges"]
-            _atomic_write_json(self.sidecar, self.meta)
+            write_json(self.sidecar, self.meta)
             self.hasher, self.hashed = None, 0
         return self.part_size()
 
@@ -768,7 +746,7 @@ class _Transfer:
             return
         with open(self.part, "wb"):
             pass
-        _atomic_write_json(self.sidecar, meta)
+        write_json(self.sidecar, meta)
 
     def ensure_hashed(self, upto: int) -> None:
         """Make the hasher cover exactly bytes [0, upto) of the .part."""
@@ -825,7 +803,7 @@ class _Transfer:
                 # complete only if the server's size is the .part's and the one it announced
                 if m and offset and int(m.group(1)) == offset and total in (None, offset):
                     meta["size"] = offset
-                    _atomic_write_json(self.sidecar, meta)
+                    write_json(self.sidecar, meta)
                     self.ensure_hashed(offset)
                     return
                 self.restart()
@@ -856,7 +834,7 @@ class _Transfer:
                 if total is None:
                     total = cr[2]
                     meta["size"] = total
-                    _atomic_write_json(self.sidecar, meta)
+                    write_json(self.sidecar, meta)
                 log.info(
                     "%s: resuming at %s of %s",
                     self.dest.name,
@@ -884,7 +862,7 @@ class _Transfer:
         end = offset + got
         if total is None:  # no Content-Length: trust the close, verification decides
             self.meta["size"] = end
-            _atomic_write_json(self.sidecar, self.meta)
+            write_json(self.sidecar, self.meta)
         elif end != total:
             raise _AttemptFailed(f"the body ended at byte {end} of {total} (short body)")
 
@@ -988,7 +966,7 @@ class _Transfer:
             }
             if prefix:
                 self.meta = new
-                _atomic_write_json(self.sidecar, new)
+                write_json(self.sidecar, new)
             else:
                 self.restart(new)
             with open(self.part, "r+b") as f:
@@ -1099,7 +1077,7 @@ class _Transfer:
             raise _AttemptFailed("some ranges are incomplete")
         # All ranges are in: from here on this is a plain complete .part.
         del meta["ranges"]
-        _atomic_write_json(self.sidecar, meta)
+        write_json(self.sidecar, meta)
         self.hasher, self.hashed = None, 0
 
     def _persist_ranges(self, fd: int, lock: threading.Lock) -> None:
@@ -1108,7 +1086,7 @@ class _Transfer:
         with lock:
             snapshot = json.loads(json.dumps(self.meta))
         os.fsync(fd)
-        _atomic_write_json(self.sidecar, snapshot)
+        write_json(self.sidecar, snapshot)
 
     def _probe_ranges(self) -> RemoteInfo:
         headers = {"Accept-Encoding": "identity", "Range": "bytes=0-0"}
@@ -1178,9 +1156,9 @@ class _Transfer:
         st = self.part.stat()
         d = rec.to_dict()
         d["mtime_ns"] = st.st_mtime_ns
-        _atomic_write_json(record_path(self.dest), d)
+        write_json(record_path(self.dest), d)
         os.replace(self.part, self.dest)
-        _fsync_dir(self.dest.parent)
+        fsync_dir(self.dest.parent)
         _unlink(self.sidecar)
         return rec
 

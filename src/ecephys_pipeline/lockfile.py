@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from . import atomic
+
 LOCK_VERSION = 1
 _LOCK_FIELDS = ("size", "sha256", "url", "etag")
 
@@ -74,13 +76,7 @@ def write_lock(
     records: Iterable[Any], path: str | os.PathLike, *, cache_dir: str | os.PathLike
 ) -> Path:
     """Write the lock file for ``records`` atomically; returns its path."""
-    path = Path(path)
-    text = dumps_lock(lock_document(records, cache_dir=cache_dir))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(path, dumps_lock(lock_document(records, cache_dir=cache_dir)))
 
 
 def read_lock(path: str | os.PathLike) -> dict[str, Any]:

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from . import rma
+from . import atomic, layout, rma
 
 # The manifest EcephysProjectCache (AllenSDK 2.16.2, MANIFEST_VERSION 0.3.0) writes.
 MANIFEST_VERSION = "0.3.0"
@@ -100,36 +98,22 @@ PROCESSORS = {
 }
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_table_csv(df: pd.DataFrame, path: Path) -> None:
     """``df.to_csv(path)`` as AllenSDK does, but never a half-written file at ``path``."""
-    atomic_write_text(Path(path), df.to_csv(lineterminator="\n"))
+    atomic.write_text(Path(path), df.to_csv(lineterminator="\n"))
 
 
 def write_cache_manifest(cache_dir: Path) -> Path:
     """The cache's ``manifest.json``, byte-identical to what AllenSDK 2.16.2 writes."""
     path = Path(cache_dir) / "manifest.json"
-    atomic_write_text(path, json.dumps(cache_manifest(), indent=2))
+    atomic.write_text(path, json.dumps(cache_manifest(), indent=2))
     return path
 
 
 def fetch_table(table: str, base_url: str, **kwargs) -> pd.DataFrame:
     """Fetch one of the four tables from an RMA warehouse and post-process it like AllenSDK."""
     if table not in PROCESSORS:
-        raise ValueError(f"unknown table {table!r}; expected one of {', '.join(rma.TABLES)}")
+        raise ValueError(f"unknown table {table!r}; expected one of {', '.join(layout.TABLES)}")
     rows = rma.fetch_rows(base_url, rma.TABLE_QUERIES[table], **kwargs)
     return PROCESSORS[table](rows)
 

@@ -8,13 +8,12 @@ free space of the cache directory.
 
 from __future__ import annotations
 
-import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import download, metadata, sources
+from . import atomic, download, layout, metadata, sources
 
 
 @dataclass
@@ -69,7 +68,7 @@ class Plan:
             "files": [asdict(f) for f in self.files],
         }
         # free space changes from run to run: it is logged, not written into the artifact
-        metadata.atomic_write_text(Path(path), json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        atomic.write_json(path, doc)
 
 
 def _gb(n: int) -> str:
@@ -93,7 +92,7 @@ def make_plan(
 
     def one(item: tuple[int, int | None]) -> PlannedFile:
         session_id, probe_id = item
-        rel = sources.relative_path(session_id, probe_id)
+        rel = layout.nwb_path(session_id, probe_id)
         dest = cache_dir / rel
         url = sources.nwb_url(source, session_id, probe_id)
         if source.kind == "local":
@@ -158,31 +157,18 @@ def plan_from_config(config: dict) -> tuple[dict, Plan]:
     """Resolve the selection and size every file, as the workflow's checkpoint would.
 
     Tables already in the cache are used as they are; missing ones are fetched into memory only
-    (nothing is written). In the demo the fake warehouse runs for the duration of the call.
+    (nothing is written). The source must be reachable for the duration of the call.
     """
-    from . import demo, selection
+    from . import selection
 
-    demo_cfg = config.get("demo") or {}
-    if demo_cfg.get("enabled"):
-        demo.ensure_dataset(
-            demo_cfg["dataset_dir"],
-            seed=demo_cfg["seed"],
-            sessions=demo_cfg["sessions"],
-            realistic=demo_cfg["realistic"],
+    source = sources.Source.from_config(config)
+    cache_dir = Path(config["cache_dir"])
+    tables = {}
+    for table in layout.TABLES:
+        path = cache_dir / layout.table_path(table)
+        tables[table] = (
+            metadata.read_table(path) if path.exists() else sources.fetch_table(source, table)
         )
-        demo.start(demo_cfg["dataset_dir"])
-    try:
-        source = sources.Source.from_config(config)
-        cache_dir = Path(config["cache_dir"])
-        tables = {}
-        for table in metadata.PROCESSORS:
-            path = cache_dir / f"{table}.csv"
-            tables[table] = (
-                metadata.read_table(path) if path.exists() else sources.fetch_table(source, table)
-            )
-        spec = selection.load_spec(config["selection"])
-        chosen = selection.resolve(spec, tables).to_dict()
-        return chosen, make_plan(chosen, source, cache_dir)
-    finally:
-        if demo_cfg.get("enabled"):
-            demo.stop(demo_cfg["dataset_dir"])
+    spec = selection.load_spec(config["selection"])
+    chosen = selection.resolve(spec, tables).to_dict()
+    return chosen, make_plan(chosen, source, cache_dir)

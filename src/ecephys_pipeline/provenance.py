@@ -15,9 +15,8 @@ import platform
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from . import __version__
+from . import __version__, atomic
 from .download import sha256_file
-from .metadata import atomic_write_text
 from .selection import canonical_json
 
 PACKAGES = (
@@ -78,4 +77,4 @@ def run_manifest(
 
 
 def write_run_manifest(path: str | Path, manifest: dict) -> None:
-    atomic_write_text(Path(path), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(path, manifest)

@@ -50,8 +50,6 @@ TABLE_QUERIES = {
     "units": "criteria=model::EcephysUnit",
 }
 
-TABLES = tuple(TABLE_QUERIES)
-
 
 def session_nwb_query(session_id: int) -> str:
     """The WellKnownFile query AllenSDK sends for a session NWB file."""

@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-TABLES = ("sessions", "probes", "channels", "units")
+from . import atomic, layout, metadata
+from .layout import TABLES
 
 #: AllenSDK's default unit filters (``allensdk.brain_observatory.ecephys.UNIT_FILTER_DEFAULTS``
 #: plus ``filter_by_validity=True`` -> ``quality == "good"``), spelled as the spec spells them.
@@ -123,13 +124,15 @@ def load_tables(cache_dir: str | Path) -> dict[str, pd.DataFrame]:
     Read exactly as AllenSDK reads its cache (``pd.read_csv(path, index_col="id")``).
     """
     cache_dir = Path(cache_dir)
-    missing = [f"{t}.csv" for t in TABLES if not (cache_dir / f"{t}.csv").is_file()]
+    missing = [
+        layout.table_path(t) for t in TABLES if not (cache_dir / layout.table_path(t)).is_file()
+    ]
     if missing:
         raise FileNotFoundError(
             f"metadata table(s) {', '.join(missing)} not found in {cache_dir}; "
             "run the fetch_metadata step (or point cache_dir at an AllenSDK cache directory)"
         )
-    tables = {t: pd.read_csv(cache_dir / f"{t}.csv", index_col="id") for t in TABLES}
+    tables = {t: metadata.read_table(cache_dir / layout.table_path(t)) for t in TABLES}
     check_tables(tables)
     return tables
 
@@ -689,13 +692,8 @@ class Selection:
 
     def to_json(self, path: str | Path) -> Path:
         """Write the contract artifact (sorted keys, 2-space indent, trailing newline)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.to_dict(), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic.write_text(path, text)
 
 
 def _truthy(value) -> bool:

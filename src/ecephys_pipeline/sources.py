@@ -16,7 +16,7 @@ from urllib.parse import quote
 import pandas as pd
 import requests
 
-from . import demo, metadata, rma
+from . import layout, metadata, rma
 
 S3_PREFIX = "visual-coding-neuropixels/ecephys-cache"
 KINDS = ("warehouse", "s3", "local")
@@ -33,30 +33,24 @@ class Source:
 
     @classmethod
     def from_config(cls, config: dict) -> Source:
-        """The configured source; in the demo, the fake warehouse's address of this run."""
+        """The config's ``source``. With ``source.url_file`` the base URL is read from that file
+        when the job starts: for a service whose port is chosen at run time (the offline demo's
+        stand-in writes it there), so the address never enters a rule's params."""
         src = config["source"]
         kind, url = src.get("kind", "warehouse"), src.get("url", "")
         if kind not in KINDS:
             raise SourceError(f"source.kind {kind!r} is not one of {', '.join(KINDS)}")
-        demo_cfg = config.get("demo") or {}
-        if demo_cfg.get("enabled") and kind != "local":  # a local source is a real directory
-            dataset_dir = demo_cfg.get("dataset_dir", "resources/fake_warehouse/dataset")
-            url_path = demo.url_file(dataset_dir)
-            if not url_path.exists():
+        if src.get("url_file"):
+            url_path = Path(src["url_file"])
+            if not url_path.is_file() or not url_path.read_text().strip():
                 raise SourceError(
-                    f"the demo's fake warehouse is not running ({url_path} is missing); it is "
-                    "started by the workflow's onstart handler: run the whole workflow with "
-                    "snakemake, not a single job with --allowed-rules"
+                    f"source.url_file {url_path} is missing or empty: the service that writes "
+                    "its address there is not running (the demo's is started by the workflow's "
+                    "onstart handler: run the whole workflow, not a single job with "
+                    "--allowed-rules)"
                 )
             url = url_path.read_text().strip()
         return cls(kind=kind, url=url.rstrip("/"))
-
-
-def relative_path(session_id: int, probe_id: int | None = None) -> str:
-    """A file's path inside the cache (and inside the bucket prefix)."""
-    if probe_id is None:
-        return f"session_{int(session_id)}/session_{int(session_id)}.nwb"
-    return f"session_{int(session_id)}/probe_{int(probe_id)}_lfp.nwb"
 
 
 def s3_url(base_url: str, key: str) -> str:
@@ -65,17 +59,17 @@ def s3_url(base_url: str, key: str) -> str:
 
 def fetch_table(source: Source, table: str, *, policy: rma.RetryPolicy | None = None):
     """One of the four metadata tables as AllenSDK's cache holds it."""
-    if table not in metadata.PROCESSORS:
-        raise SourceError(f"unknown table {table!r}; expected one of {', '.join(rma.TABLES)}")
+    if table not in layout.TABLES:
+        raise SourceError(f"unknown table {table!r}; expected one of {', '.join(layout.TABLES)}")
     if source.kind == "warehouse":
         return metadata.fetch_table(table, source.url, policy=policy)
     if source.kind == "local":
-        path = Path(source.url) / f"{table}.csv"
+        path = Path(source.url) / layout.table_path(table)
         if not path.exists():
             raise SourceError(f"{path} does not exist: source.url must be an AllenSDK cache dir")
         return metadata.read_table(path)
     policy = policy or rma.RetryPolicy()
-    url = s3_url(source.url, f"{table}.csv")
+    url = s3_url(source.url, layout.table_path(table))
     last = None
     for attempt in range(policy.attempts):
         try:
@@ -101,7 +95,7 @@ def nwb_url(
     policy: rma.RetryPolicy | None = None,
 ) -> str:
     """Where a session NWB (``probe_id=None``) or a probe's LFP NWB is fetched from."""
-    key = relative_path(session_id, probe_id)
+    key = layout.nwb_path(session_id, probe_id)
     if source.kind == "s3":
         return s3_url(source.url, key)
     if source.kind == "local":
@@ -186,13 +180,13 @@ def fetch_nwb(
         expected = download.expected_for(dest, lock, cache_dir=cache_dir)
         if expected is None:
             raise download.LockMismatchError(
-                f"{relative_path(session_id, probe_id)} is not in the lock file {lock_file}: "
+                f"{layout.nwb_path(session_id, probe_id)} is not in the lock file {lock_file}: "
                 "the selection asks for a file the pinned run did not have; remove lock_file "
                 "from the config to accept new files"
             )
     verify_hdf5 = options.get("verify_hdf5", True)
     if source.kind == "local":
-        src = Path(source.url) / relative_path(session_id, probe_id)
+        src = Path(source.url) / layout.nwb_path(session_id, probe_id)
         if dest.exists():
             return download.adopt_existing(dest, expected, verify_hdf5=verify_hdf5)
         return _copy_local(src, dest, expected=expected, verify_hdf5=verify_hdf5)

@@ -1,39 +1,30 @@
 import json
 
-from ecephys_pipeline import demo, selection
+from ecephys_pipeline import layout, selection
+from ecephys_pipeline.fake import demo
 
 CACHE = config["cache_dir"]
-TABLES = ["sessions", "probes", "channels", "units"]
 SPEC = selection.load_spec(config["selection"])
-DEMO = config.get("demo", {})
 
 
 wildcard_constraints:
     session_id=r"\d+",
     probe_id=r"\d+",
-    table="|".join(TABLES),
+    table="|".join(layout.TABLES),
 
 
 # ----------------------------------------------------------------------------------------------
-# The offline demo: the workflow prepares the synthetic dataset and runs the fake warehouse on a
-# free loopback port for the duration of the run (the jobs read its address from a file).
+# The offline demo, wrapped around the run: with demo.enabled the workflow prepares the synthetic
+# dataset and runs the fake warehouse on a free loopback port for the duration of the run; the
+# server writes its address to source.url_file, where the jobs read it. The product never knows.
 
 
 def start_demo_services():
-    if DEMO.get("enabled"):
-        demo.ensure_dataset(
-            DEMO["dataset_dir"],
-            seed=DEMO["seed"],
-            sessions=DEMO["sessions"],
-            realistic=DEMO["realistic"],
+    url = demo.start_for(config)
+    if url:
+        logger.info(
+            f"demo: fake warehouse serving {config['demo']['dataset_dir']} at {url}"
         )
-        url = demo.start(DEMO["dataset_dir"])
-        logger.info(f"demo: fake warehouse serving {DEMO['dataset_dir']} at {url}")
-
-
-def stop_demo_services():
-    if DEMO.get("enabled"):
-        demo.stop(DEMO["dataset_dir"])
 
 
 onstart:
@@ -41,11 +32,11 @@ onstart:
 
 
 onsuccess:
-    stop_demo_services()
+    demo.stop_for(config)
 
 
 onerror:
-    stop_demo_services()
+    demo.stop_for(config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -58,10 +49,12 @@ def selected_sessions():
         return json.load(handle)["sessions"]
 
 
-def lfp_downloads():
-    return [
-        f"{CACHE}/session_{s['session_id']}/probe_{p['probe_id']}_lfp.nwb"
-        for s in selected_sessions()
+def selected_files():
+    """Every NWB file of the selection, relative to the cache: session files, then LFP files."""
+    sessions = selected_sessions()
+    return [layout.nwb_path(s["session_id"]) for s in sessions] + [
+        layout.nwb_path(s["session_id"], p["probe_id"])
+        for s in sessions
         for p in s["probes"]
         if p["download_lfp"]
     ]
@@ -69,11 +62,7 @@ def lfp_downloads():
 
 def download_records(wildcards):
     """Every file of the selection: the lock file lists them all."""
-    session_files = [
-        f"{CACHE}/session_{s['session_id']}/session_{s['session_id']}.nwb"
-        for s in selected_sessions()
-    ]
-    return [f"{f}.download.json" for f in session_files + lfp_downloads()]
+    return [f"{CACHE}/{layout.record_path(f)}" for f in selected_files()]
 
 
 def parquet_outputs(session_id):
@@ -92,7 +81,7 @@ def get_final_output(wildcards):
     return [
         "results/ecephys.lock.json",
         "results/manifest.json",
-        f"{CACHE}/manifest.json",
+        f"{CACHE}/{layout.CACHE_MANIFEST}",
         *all_parquet_outputs(wildcards),
     ]
 
@@ -110,8 +99,8 @@ def download_options():
 
 
 def source_config():
-    """What the scripts need to reach the source (the demo's address is read at run time)."""
-    return {"source": config["source"], "demo": DEMO}
+    """What the scripts need to reach the source (a url_file is read at run time)."""
+    return {"source": config["source"]}
 
 
 def download_runtime(wildcards, attempt):

@@ -4,10 +4,8 @@
 
 rule download_session_nwb:
     output:
-        nwb=update(f"{CACHE}/session_{{session_id}}/session_{{session_id}}.nwb"),
-        record=update(
-            f"{CACHE}/session_{{session_id}}/session_{{session_id}}.nwb.download.json"
-        ),
+        nwb=update(f"{CACHE}/{layout.SESSION_NWB}"),
+        record=update(f"{CACHE}/{layout.record_path(layout.SESSION_NWB)}"),
     log:
         "logs/download/session_{session_id}.log",
     retries: 1
@@ -26,34 +24,18 @@ rule download_session_nwb:
         "../scripts/download_nwb.py"
 
 
-rule download_lfp_nwb:
+use rule download_session_nwb as download_lfp_nwb with:
     output:
-        nwb=update(f"{CACHE}/session_{{session_id}}/probe_{{probe_id}}_lfp.nwb"),
-        record=update(
-            f"{CACHE}/session_{{session_id}}/probe_{{probe_id}}_lfp.nwb.download.json"
-        ),
+        nwb=update(f"{CACHE}/{layout.LFP_NWB}"),
+        record=update(f"{CACHE}/{layout.record_path(layout.LFP_NWB)}"),
     log:
         "logs/download/session_{session_id}_probe_{probe_id}_lfp.log",
-    retries: 1
-    conda:
-        "../../envs/pipeline.yaml"
-    threads: 1
-    resources:
-        downloads=1,
-        mem_mb=512,
-        runtime=download_runtime,
-    params:
-        source=source_config(),
-        options=download_options(),
-        lock_file=config["lock_file"],
-    script:
-        "../scripts/download_nwb.py"
 
 
 rule write_lock:
     input:
         records=download_records,
-        manifest=f"{CACHE}/manifest.json",
+        manifest=f"{CACHE}/{layout.CACHE_MANIFEST}",
     output:
         lock="results/ecephys.lock.json",
     log:

@@ -1,7 +1,7 @@
 rule extract_session:
     input:
-        nwb=f"{CACHE}/session_{{session_id}}/session_{{session_id}}.nwb",
-        record=f"{CACHE}/session_{{session_id}}/session_{{session_id}}.nwb.download.json",
+        nwb=f"{CACHE}/{layout.SESSION_NWB}",
+        record=f"{CACHE}/{layout.record_path(layout.SESSION_NWB)}",
     output:
         units="results/parquet/units/session_id={session_id}/part-0.parquet",
         waveforms="results/parquet/waveforms/session_id={session_id}/part-0.parquet",

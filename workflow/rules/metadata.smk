@@ -1,6 +1,6 @@
 rule fetch_metadata_table:
     output:
-        table=f"{CACHE}/{{table}}.csv",
+        table=f"{CACHE}/{layout.TABLE}",
     log:
         "logs/metadata/{table}.log",
     conda:
@@ -17,7 +17,7 @@ rule fetch_metadata_table:
 
 rule cache_manifest:
     output:
-        manifest=f"{CACHE}/manifest.json",
+        manifest=f"{CACHE}/{layout.CACHE_MANIFEST}",
     log:
         "logs/metadata/cache_manifest.log",
     conda:

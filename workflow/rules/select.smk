@@ -1,6 +1,6 @@
 checkpoint select_sessions:
     input:
-        tables=expand(f"{CACHE}/{{table}}.csv", table=TABLES),
+        tables=expand(f"{CACHE}/{layout.TABLE}", table=layout.TABLES),
         spec=config["selection"],
     output:
         selection="results/selection/selection.json",

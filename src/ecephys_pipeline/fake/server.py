@@ -4,7 +4,7 @@ Test and demo side only (architecture.md §2). A real HTTP/1.1 server (standard 
 keep-alive) on a loopback address that speaks what the Allen service speaks (W§1, W§3.3):
 
 - ``GET /api/v2/data/query.json?criteria=...`` (or ``q=``): the RMA query API, own parser in
-  :mod:`ecephys_pipeline._fake_rma`; envelope ``{"success", "id", "start_row", "num_rows",
+  :mod:`ecephys_pipeline.fake.rma`; envelope ``{"success", "id", "start_row", "num_rows",
   "total_rows", "msg"}``; errors are ``success: false`` with a string ``msg`` and HTTP 400.
 - ``GET|HEAD /api/v2/well_known_file_download/<id>`` and ``//api/v2/...`` (what AllenSDK sends).
 - ``GET|HEAD /visual-coding-neuropixels/ecephys-cache/<key>`` (virtual-hosted style) and
@@ -32,12 +32,9 @@ percent-decoded; empty matches everything); ``times`` counts down each time the 
 
 from __future__ import annotations
 
-import argparse
 import base64
 import ipaddress
 import json
-import os
-import signal
 import socket
 import struct
 import sys
@@ -52,8 +49,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 from xml.sax.saxutils import escape
 
-from . import _fake_rma
-from ._fake_files import (
+from . import rma as fake_rma
+from .files import (
     BUCKET,
     S3_PREFIX,
     DatasetFiles,
@@ -183,7 +180,7 @@ class FakeWarehouse:
         self.host = host
         self.port = port
         self.verbose = verbose
-        self.store = _fake_rma.Store(self.dataset_dir / "warehouse")
+        self.store = fake_rma.Store(self.dataset_dir / "warehouse")
         self.files = DatasetFiles(self.dataset_dir, self.store)
         self._faults: list[dict] = []
         self._lock = threading.Lock()
@@ -585,18 +582,16 @@ class _Handler(BaseHTTPRequestHandler):
         plan = _BodyPlan(faults)
         disposition = {"Content-Disposition": 'attachment; filename="query.json"'}
         if fmt != "json":
-            env = _fake_rma.error_envelope(f"unsupported format {fmt!r}: this service answers json")
+            env = fake_rma.error_envelope(f"unsupported format {fmt!r}: this service answers json")
             return self._json(RMA_ERROR_STATUS, env, extra=disposition)
         if criteria is None:
-            env = _fake_rma.error_envelope("missing query: pass criteria=model::<Model>,...")
+            env = fake_rma.error_envelope("missing query: pass criteria=model::<Model>,...")
             return self._json(RMA_ERROR_STATUS, env, extra=disposition)
         for f in faults:
             if f["kind"] == "rma_error":
                 msg = f.get("msg") or "injected RMA error"
-                return self._json(
-                    RMA_ERROR_STATUS, _fake_rma.error_envelope(msg), plan, disposition
-                )
-        env = _fake_rma.run(self.fake.store, criteria, params)
+                return self._json(RMA_ERROR_STATUS, fake_rma.error_envelope(msg), plan, disposition)
+        env = fake_rma.run(self.fake.store, criteria, params)
         if not env["success"]:
             return self._json(RMA_ERROR_STATUS, env, extra=disposition)
         if any(f["kind"] == "rma_zero_rows" for f in faults):
@@ -839,71 +834,3 @@ def _s3_error_xml(code: str, message: str, extra: dict[str, str] | None = None) 
         f"<Error><Code>{code}</Code><Message>{escape(message)}</Message>{fields}"
         f"<RequestId>{rid}</RequestId><HostId>fake-warehouse</HostId></Error>"
     ).encode()
-
-
-# ---------------------------------------------------------------------------------------- CLI
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m ecephys_pipeline.fake_warehouse",
-        description="Serve a synthetic Allen ecephys dataset over the warehouse and S3 protocols.",
-    )
-    ap.add_argument("--data", required=True, type=Path, help="dataset directory (architecture §1)")
-    ap.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
-    ap.add_argument("--port", type=int, default=0, help="port (0 = any free port)")
-    ap.add_argument("--port-file", type=Path, help="write the base URL here once listening")
-    ap.add_argument(
-        "--fault",
-        action="append",
-        default=[],
-        metavar="JSON",
-        help="a fault object (or list) to install; repeatable",
-    )
-    ap.add_argument("--verbose", action="store_true", help="log every request to stderr")
-    args = ap.parse_args(argv)
-    faults: list = []
-    for text in args.fault:
-        try:
-            value = json.loads(text)
-        except ValueError as exc:
-            ap.error(f"--fault {text!r}: {exc}")
-        faults += value if isinstance(value, list) else [value]
-    try:
-        fake = FakeWarehouse(args.data, host=args.host, port=args.port, verbose=args.verbose)
-        fake.set_faults(faults)
-    except (ValueError, FileNotFoundError) as exc:
-        ap.error(str(exc))
-    done = threading.Event()
-
-    def on_signal(signum, frame):
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if args.port_file:
-        args.port_file.unlink(missing_ok=True)  # a stale file must not look like "listening"
-    fake.start()
-    if args.port_file:
-        _write_atomic(args.port_file, fake.url + "\n")
-    print(f"fake warehouse serving {args.data} at {fake.url}", flush=True)
-    try:
-        while not done.wait(0.5):
-            pass
-    finally:
-        fake.stop()
-        if args.port_file:
-            args.port_file.unlink(missing_ok=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

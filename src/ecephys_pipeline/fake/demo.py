@@ -1,9 +1,11 @@
 """The offline demo's services: a synthetic dataset and the fake warehouse serving it.
 
-The workflow calls :func:`start` from its ``onstart`` handler and :func:`stop` from
-``onsuccess``/``onerror``. The server runs as a separate process on a free loopback port; its
-address is written to ``<run_dir>/url`` where the jobs read it (``sources.base_url``), so the
-port never appears in a rule's params and never triggers a rerun.
+The demo is wrapped around the product, never inside it: the workflow calls :func:`start_for`
+from its ``onstart`` handler and :func:`stop_for` from ``onsuccess``/``onerror``, and the
+command line runs a command inside :func:`serving`. The server runs as a separate process on a
+free loopback port and writes its address to the config's ``source.url_file``, where the jobs
+read it (``Source.from_config``), so the port never appears in a rule's params and never
+triggers a rerun.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-URL_FILE = "url"
 # A JSON list of faults (see fake_warehouse) the demo server starts with: how the tests make a
 # run slow or flaky at a chosen stage, e.g. to kill it mid-download.
 FAULTS_ENV = "ECEPHYS_DEMO_FAULTS"
@@ -29,13 +32,9 @@ def run_dir(dataset_dir: str | Path) -> Path:
     return Path(dataset_dir).parent
 
 
-def url_file(dataset_dir: str | Path) -> Path:
-    return run_dir(dataset_dir) / URL_FILE
-
-
 def ensure_dataset(dataset_dir: str | Path, *, seed: int, sessions: int, realistic: bool) -> Path:
     """Generate the synthetic dataset once; regenerate only if its parameters changed."""
-    from . import synth
+    from .. import synth
 
     dataset_dir = Path(dataset_dir)
     marker = dataset_dir / "dataset.json"
@@ -60,17 +59,18 @@ def ensure_dataset(dataset_dir: str | Path, *, seed: int, sessions: int, realist
     return dataset_dir
 
 
-def start(dataset_dir: str | Path, *, timeout: float = 60.0) -> str:
-    """Start the fake warehouse for ``dataset_dir`` on a free loopback port; return its URL."""
-    stop(dataset_dir)
+def start(dataset_dir: str | Path, url_file: str | Path, *, timeout: float = 60.0) -> str:
+    """Start the fake warehouse for ``dataset_dir`` on a free loopback port; return its URL,
+    which it also writes to ``url_file``."""
+    stop(dataset_dir, url_file)
     rdir = run_dir(dataset_dir)
     rdir.mkdir(parents=True, exist_ok=True)
-    url_path = url_file(dataset_dir)
+    url_path = Path(url_file)
     url_path.unlink(missing_ok=True)
     command = [
         sys.executable,
         "-m",
-        "ecephys_pipeline.fake_warehouse",
+        "ecephys_pipeline.fake",
         "--data",
         str(dataset_dir),
         "--port",
@@ -99,13 +99,13 @@ def start(dataset_dir: str | Path, *, timeout: float = 60.0) -> str:
                 f"see {rdir / LOG_FILE}"
             )
         time.sleep(0.05)
-    stop(dataset_dir)
+    stop(dataset_dir, url_file)
     raise RuntimeError(
         f"the fake warehouse did not start within {timeout} s; see {rdir / LOG_FILE}"
     )
 
 
-def stop(dataset_dir: str | Path, *, timeout: float = 10.0) -> None:
+def stop(dataset_dir: str | Path, url_file: str | Path, *, timeout: float = 10.0) -> None:
     """Stop the fake warehouse started by :func:`start` (by PID), if it is running."""
     rdir = run_dir(dataset_dir)
     pid_path = rdir / PID_FILE
@@ -129,4 +129,51 @@ def stop(dataset_dir: str | Path, *, timeout: float = 10.0) -> None:
     except ProcessLookupError:
         pass
     pid_path.unlink(missing_ok=True)
-    url_file(dataset_dir).unlink(missing_ok=True)
+    Path(url_file).unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------- wrapped around a run
+
+
+def _settings(config: dict) -> dict | None:
+    """The config's ``demo`` section if the demo is on (checked: it needs ``source.url_file``)."""
+    demo = config.get("demo") or {}
+    if not demo.get("enabled"):
+        return None
+    url_file = (config.get("source") or {}).get("url_file")
+    if not url_file:
+        raise RuntimeError(
+            "demo.enabled needs source.url_file: the file where the fake warehouse writes its "
+            "address (config/demo.yaml sets resources/fake_warehouse/url)"
+        )
+    return {**demo, "url_file": url_file}
+
+
+def start_for(config: dict) -> str | None:
+    """Prepare the dataset and start the server if ``config`` enables the demo; its URL."""
+    demo = _settings(config)
+    if demo is None:
+        return None
+    ensure_dataset(
+        demo["dataset_dir"],
+        seed=demo["seed"],
+        sessions=demo["sessions"],
+        realistic=demo["realistic"],
+    )
+    return start(demo["dataset_dir"], demo["url_file"])
+
+
+def stop_for(config: dict) -> None:
+    demo = _settings(config)
+    if demo is not None:
+        stop(demo["dataset_dir"], demo["url_file"])
+
+
+@contextmanager
+def serving(config: dict) -> Iterator[str | None]:
+    """Run the demo's server (if ``config`` enables it) for the duration of the block."""
+    url = start_for(config)
+    try:
+        yield url
+    finally:
+        stop_for(config)

@@ -22,23 +22,19 @@ Python API::
     write_gen1_session_nwb(path, seed=0, ...) -> Path          (Gen-1 variant, N§4)
     make_full_size_session(path, seed=0, units=850, spikes=40e6, probes=6) -> Path
 
-CLI: ``python -m ecephys_pipeline.synth --out DIR --seed N [--sessions K] [--realistic] [--lazy]``
+CLI (``synth/__main__.py``):
+``python -m ecephys_pipeline.synth --out DIR --seed N [--sessions K] [--realistic] [--lazy]``
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
-import tempfile
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import metadata
-from ._synth_records import Knobs, build_records
+from .. import atomic, metadata
+from .records import Knobs, build_records
 
 FORMAT = 1
 MODELS = (
@@ -173,7 +169,7 @@ def lfp_nwb_path(dataset_dir: str | os.PathLike[str], session_id: int, probe_id:
 
 def ensure_session_nwb(dataset_dir: str | os.PathLike[str], session_id: int) -> Path:
     """Path of the session NWB, generating it first if missing (atomic, race-safe)."""
-    from ._synth_nwb import session_context, write_session_nwb
+    from .nwb_writer import session_context, write_session_nwb
 
     session_id = int(session_id)
     path = session_nwb_path(dataset_dir, session_id)
@@ -190,7 +186,7 @@ def ensure_lfp_nwb(dataset_dir: str | os.PathLike[str], probe_id: int) -> Path:
 
     Raises ``KeyError`` for an unknown probe and ``ValueError`` for a probe without LFP data.
     """
-    from ._synth_nwb import session_context, write_lfp_nwb
+    from .nwb_writer import session_context, write_lfp_nwb
 
     probe_id = int(probe_id)
     meta, records = load_records(dataset_dir)
@@ -209,19 +205,9 @@ def ensure_lfp_nwb(dataset_dir: str | os.PathLike[str], probe_id: int) -> Path:
 
 
 def _atomic_generate(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.nwb", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)  # concurrent writers produce identical bytes; last one wins
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    # concurrent writers produce identical bytes; the last rename wins
+    with atomic.output_path(path, suffix=".tmp.nwb") as tmp:
+        write(tmp)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,9 +216,7 @@ def _atomic_generate(path: Path, write) -> None:
 
 def _write_json(path: Path, obj: Any, indent: int | None = None) -> None:
     text = json.dumps(obj, indent=indent, allow_nan=False, ensure_ascii=False)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, text + "\n")
 
 
 def s3_tables(records: dict[str, list]) -> dict[str, Any]:
@@ -282,18 +266,16 @@ def _write_s3(out: Path, records: dict[str, list]) -> None:
     # the bucket mirrors an AllenSDK cache: its manifest.json is the one AllenSDK writes
     metadata.write_cache_manifest(out / "s3")
     for name, df in s3_tables(records).items():
-        tmp = out / "s3" / f".{name}.csv.tmp"
-        df.to_csv(tmp)
-        os.replace(tmp, out / "s3" / f"{name}.csv")
+        atomic.write_text(out / "s3" / f"{name}.csv", df.to_csv(lineterminator="\n"))
 
 
 # ------------------------------------------------------------------------------------------------
-# Gen-1 variant and full-size file (implemented in _synth_gen1)
+# Gen-1 variant and full-size file (implemented in synth.gen1)
 
 
 def write_gen1_session_nwb(path: str | os.PathLike[str], seed: int = 0, **kwargs: Any) -> Path:
-    """Gen-1 (2019) session file written with h5py per N§4; see ``_synth_gen1``."""
-    from ._synth_gen1 import write_gen1_session_nwb as _w
+    """Gen-1 (2019) session file written with h5py per N§4; see ``synth.gen1``."""
+    from .gen1 import write_gen1_session_nwb as _w
 
     return _w(path, seed, **kwargs)
 
@@ -307,64 +289,7 @@ def make_full_size_session(
     probes: int = 6,
     **kwargs: Any,
 ) -> Path:
-    """One realistic-size Gen-2 session file (benchmark input); see ``_synth_gen1``."""
-    from ._synth_gen1 import make_full_size_session as _m
+    """One realistic-size Gen-2 session file (benchmark input); see ``synth.gen1``."""
+    from .gen1 import make_full_size_session as _m
 
     return _m(path, seed, units=units, spikes=spikes, probes=probes, **kwargs)
-
-
-# ------------------------------------------------------------------------------------------------
-# CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m ecephys_pipeline.synth",
-        description="Write a synthetic Allen Visual Coding - Neuropixels dataset directory.",
-    )
-    ap.add_argument("--out", required=True, help="dataset directory to write")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sessions", type=int, default=2)
-    ap.add_argument("--probes-per-session", type=int, default=3)
-    ap.add_argument("--units-per-probe", type=int, default=None)
-    ap.add_argument("--duration", type=float, default=300.0, help="recording length (s)")
-    ap.add_argument("--lfp-duration", type=float, default=4.0, help="LFP length (s)")
-    ap.add_argument("--realistic", action="store_true", help="58-session real catalogue (lazy)")
-    ap.add_argument("--lazy", action="store_true", help="generate NWB files on first download")
-    ap.add_argument("--index-dtype", choices=INDEX_DTYPES, default=None)
-    ap.add_argument("--all-nan-metric-as-str", action="store_true")
-    ap.add_argument(
-        "--full-size", metavar="PATH", help="instead: write one full-size session NWB at PATH"
-    )
-    ap.add_argument("--gen1", metavar="PATH", help="also write a Gen-1 session NWB at PATH")
-    a = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    if a.full_size:
-        p = make_full_size_session(a.full_size, a.seed)
-        print(f"wrote {p} ({p.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t0:.1f} s")
-        return 0
-    try:
-        out = make_dataset(
-            a.out,
-            a.seed,
-            realistic=a.realistic,
-            files="lazy" if a.lazy else "all",
-            sessions=a.sessions,
-            probes_per_session=a.probes_per_session,
-            units_per_probe=a.units_per_probe,
-            duration_s=a.duration,
-            lfp_duration_s=a.lfp_duration,
-            index_dtype=a.index_dtype,
-            all_nan_metric_as_str=a.all_nan_metric_as_str,
-        )
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if a.gen1:
-        write_gen1_session_nwb(a.gen1, a.seed)
-    print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,8 +1,8 @@
 """Warehouse records of the synthetic dataset (the six RMA models of docs/architecture.md §1).
 
 Everything here is a pure function of the seed and the size knobs. The NWB writers
-(``_synth_nwb``) only read these records (after their JSON round trip) plus the seed, so a lazily
-generated file equals an eagerly generated one.
+(``synth.nwb_writer``) only read these records (after their JSON round trip) plus the seed, so a
+lazily generated file equals an eagerly generated one.
 
 Field values follow W§2 / W§5 and N§7: realistic id ranges, NP1.0 geometry, probe names A..F,
 valid-channel counts 358-374 of 384, quality metrics with realistic spreads, and a few units

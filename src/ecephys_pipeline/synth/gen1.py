@@ -20,8 +20,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import _synth_nwb as g2
-from ._synth_records import N_CHANNELS, Knobs, build_records, rng_for
+from .. import atomic
+from . import nwb_writer as g2
+from .records import N_CHANNELS, Knobs, build_records, rng_for
 
 STR = h5py.string_dtype()
 CORE = "core"
@@ -89,9 +90,7 @@ def write_gen1_session_nwb(
     s = ctx.session
     donor = s["specimen"]["donor"]
     t0 = g2._start_time(s).isoformat()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with h5py.File(tmp, "w", track_order=False) as f:
+    with atomic.output_path(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
         f.attrs["namespace"] = CORE
         f.attrs["neurodata_type"] = "NWBFile"
         f.attrs["nwb_version"] = "2.0b"
@@ -129,7 +128,6 @@ def write_gen1_session_nwb(
         _write_units(f, ctx, tabs, invalid_spikes_per_unit)
         _write_epochs(f, ctx)
         _write_running(f, ctx)
-    os.replace(tmp, path)
     return path
 
 
@@ -290,8 +288,6 @@ def make_full_size_session(
     duration = max(1000.0, math.ceil(spikes * 1.03 / rate))
     knobs = Knobs(**{**knobs.to_json(), "duration_s": float(duration), "index_dtype": index_dtype})
     ctx = g2.session_context(records, seed, knobs, sid)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.nwb")
-    g2.write_session_nwb(tmp, ctx)
-    os.replace(tmp, path)
+    with atomic.output_path(path, suffix=".tmp.nwb") as tmp:
+        g2.write_session_nwb(tmp, ctx)
     return path

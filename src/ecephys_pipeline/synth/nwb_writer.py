@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import h5py
 import numpy as np
 
-from ._synth_records import N_CHANNELS, Knobs, channel_geometry, rng_for
+from .records import N_CHANNELS, Knobs, channel_geometry, rng_for
 
 SPEC_DIR = Path(__file__).parent / "spec"
 NAMESPACE = "ndx-aibs-ecephys"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 
-from ._fake_rma import Store
+from .rma import Store
 
 BUCKET = "allen-brain-observatory"
 S3_PREFIX = "visual-coding-neuropixels/ecephys-cache/"
@@ -189,7 +189,7 @@ class DatasetFiles:
             if path.is_file():
                 return path
             try:
-                from . import synth  # lazy: synth pulls in pynwb/h5py
+                from .. import synth  # lazy: synth pulls in pynwb/h5py
             except ImportError as exc:
                 raise NotGeneratable(f"cannot import ecephys_pipeline.synth: {exc}") from exc
             kind, ident = gen

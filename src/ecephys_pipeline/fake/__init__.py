@@ -1,0 +1,14 @@
+"""Stand-ins for the real Allen services, for tests and the offline demo (never product code).
+
+- :class:`FakeWarehouse` (``server.py``): a real HTTP server on loopback speaking the warehouse's
+  RMA API and the public bucket's S3 layout, with fault injection; its own RMA parser
+  (``rma.py``) and file table (``files.py``). CLI: ``python -m ecephys_pipeline.fake``.
+- ``demo.py``: the offline demo's lifecycle (generate the synthetic dataset, run the server for
+  the duration of a workflow run or a CLI command).
+
+The synthetic files it serves come from :mod:`ecephys_pipeline.synth`.
+"""
+
+from .server import FAULT_KINDS, FakeWarehouse, validate_faults
+
+__all__ = ["FAULT_KINDS", "FakeWarehouse", "validate_faults"]
