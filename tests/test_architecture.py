@@ -58,9 +58,7 @@ def package_graph() -> dict[str, set[str]]:
     files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     known = set(files)
     return {
-        name: imports_of(
-            path.read_text(), name, is_package=path.name == "__init__.py", known=known
-        )
+        name: imports_of(path.read_text(), name, is_package=path.name == "__init__.py", known=known)
         for name, path in files.items()
     }
 
