@@ -681,3 +681,80 @@ def open_lfp(path: str | os.PathLike) -> LfpInfo:
             first_timestamp=float(ts[0]) if ts is not None and n_samples else None,
             last_timestamp=float(ts[n_samples - 1]) if ts is not None and n_samples else None,
         )
+
+
+# ------------------------------------------------------------------------------ verification
+
+_READ_BLOCK = 64 << 20  # bytes per read while checking that a dataset decodes
+
+
+def _read_through(ds: h5py.Dataset, *, ends_only: bool = False) -> None:
+    """Decode ``ds`` (every chunk, or its first and last rows only), a block at a time: a
+    corrupt compressed chunk, a truncated file or a broken filter raises here."""
+    if ds.shape is None or ds.size == 0:
+        return
+    if ds.ndim == 0:
+        ds[()]
+        return
+    n = ds.shape[0]
+    row_bytes = max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64)))
+    step = max(1, _READ_BLOCK // row_bytes)
+    if ds.chunks:
+        step = max(ds.chunks[0], step // ds.chunks[0] * ds.chunks[0])
+    starts = [0, max(0, n - step)] if ends_only else range(0, n, step)
+    for start in starts:
+        ds[start : min(n, start + step)]
+
+
+def file_problem(
+    path: str | os.PathLike, session_id: int, probe_id: int | None = None
+) -> str | None:
+    """None if ``path`` is the session file of ``session_id`` (``probe_id=None``) or the LFP file
+    of ``probe_id`` in that session, and it decodes; else one sentence saying what it is instead.
+
+    Identity: the root ``identifier`` is the session id in a session file and the probe id in an
+    LFP file (allen-nwb.md §1, §3), and an LFP file's ``session_id``, where present, is the
+    session's. Content: every dataset of a session file is decoded end to end (the extraction
+    reads nearly all of it); in an LFP file everything but the samples, and the first and last
+    blocks of the samples (a whole LFP array takes minutes to decompress). A flipped byte in an
+    uncompressed dataset keeps the file valid: only a published digest or a lock file sees it.
+    """
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        return f"is not a readable HDF5 file (h5py: {e}); it is probably truncated or corrupt"
+    what = "session" if probe_id is None else "LFP"
+    want = int(session_id) if probe_id is None else int(probe_id)
+    try:
+        with f:
+            ident = read_scalar_str(f, "identifier")
+            if ident is None:
+                return "is not an NWB file (no /identifier)"
+            if ident.strip() != str(want):
+                return (
+                    f"is not the {what} file of {'session' if probe_id is None else 'probe'} "
+                    f"{want}: its /identifier is {ident!r}"
+                )
+            if probe_id is not None:
+                sid = read_scalar_str(f, "general/session_id")
+                if sid is not None and sid.strip() != str(int(session_id)):
+                    return (
+                        f"is the LFP file of probe {want} but of session {sid!r}, "
+                        f"not of session {int(session_id)}"
+                    )
+            samples = f"acquisition/probe_{want}_lfp/probe_{want}_lfp_data/data"
+            datasets: list[tuple[str, h5py.Dataset]] = []
+            f.visititems(
+                lambda name, obj: (
+                    datasets.append((name, obj)) if isinstance(obj, h5py.Dataset) else None
+                )
+            )
+            for name, ds in datasets:
+                try:
+                    _read_through(ds, ends_only=probe_id is not None and name == samples)
+                except (OSError, ValueError, RuntimeError) as e:
+                    return f"has a dataset that does not decode (/{name}: {e}); it is corrupt"
+    except (OSError, RuntimeError) as e:
+        return f"is not a readable NWB file (h5py: {e}); it is probably truncated or corrupt"
+    return None
