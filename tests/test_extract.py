@@ -331,6 +331,24 @@ def test_empty_probe_gives_typed_empty_file(nwb_files, tmp_path):
     assert len(df) == 0 and df.spike_time.dtype == np.float64
 
 
+def test_scratch_left_by_a_killed_extraction_is_removed(nwb_files, tmp_path):
+    """A SIGKILLed extraction leaves its hidden scratch directory; the next one removes it (its
+    owner is dead) but never one whose owner still runs."""
+    out = tmp_path / "out"
+    sid = int(nwb_files[0].name.split("_")[1].split(".")[0])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    stale = tmp_path / f".out.extract-{sid}-{dead}-x1y2"
+    live = tmp_path / f".out.extract-{sid}-{os.getppid()}-a3b4"
+    for d in (stale, live):
+        (d / "units").mkdir(parents=True)
+        (d / "units" / "part-0.parquet").write_bytes(b"half")
+    extract_session(nwb_files[0], out)
+    assert not stale.exists()
+    assert live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "out"])
+
+
 def test_probe_ids_restricts_probes(nwb_files, tmp_path):
     path = nwb_files[0]
     with open_session(path) as s:

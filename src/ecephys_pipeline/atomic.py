@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,6 +58,36 @@ def dumps_json(obj: Any) -> str:
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as :func:`dumps_json` to ``path`` atomically."""
     return write_text(path, dumps_json(obj))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+@contextmanager
+def scratch_dir(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
+    """A private working directory ``<parent>/<prefix>-<pid>-<random>``, removed on exit.
+
+    A process killed with SIGKILL cannot clean up: scratch directories with the same ``prefix``
+    whose owner is no longer running are removed first, so they never pile up.
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.glob(f"{prefix}-*-*"):
+        owner = old.name[len(prefix) + 1 :].split("-", 1)[0]
+        if old.is_dir() and owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=f"{prefix}-{os.getpid()}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

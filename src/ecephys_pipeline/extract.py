@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
+from . import __version__, atomic
 from .download import sha256_file
 from .nwb import (
     Electrodes,
@@ -830,8 +829,7 @@ def extract_session(
             sel &= np.isin(uf.probe_id, np.array(probe_list, dtype=np.int64))
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.extract-{sid}-"))
-        try:
+        with atomic.scratch_dir(out_dir.parent, f".{out_dir.name}.extract-{sid}") as tmp:
             written: dict[str, list[Path]] = {d: [] for d in DATASETS}
             counts = {d: 0 for d in DATASETS}
             spike_count = (
@@ -895,8 +893,6 @@ def extract_session(
             written["running_speed"].append(rel)
 
             final = _publish(tmp, out_dir, sid, written)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return {
         "session_id": sid,
         "generation": s.generation,
