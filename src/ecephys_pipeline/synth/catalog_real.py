@@ -1,6 +1,6 @@
 """Facts about the real Visual Coding - Neuropixels catalogue, for the realistic synthetic dataset.
 
-Sources are ``docs/allen-warehouse.md`` (mostly §5) and ``docs/allen-nwb.md`` §7. Every item is
+Sources are ``docs/allen-warehouse.md`` §5 (mostly) and ``docs/allen-nwb.md`` §7. Every item is
 marked with how sure we are:
 
 - CONFIRMED: stated in those documents (notebook outputs, issue threads, logs).

@@ -1,4 +1,4 @@
-"""Gen-2 Allen ecephys NWB writers (session file: allen-nwb.md §1, LFP file: §3) for the synthetic
+"""Gen-2 Allen ecephys NWB writers, session and LFP files (allen-nwb.md §1, §3), for the synthetic
 dataset.
 
 Files are written with pynwb and the ndx-aibs-ecephys 0.2.0 extension (``spec/*.yaml``), then
