@@ -278,7 +278,7 @@ def _plan_realistic(seed: int) -> list[SessionPlan]:
     for g, c in real.GENOTYPE_COUNTS.items():
         pool += [g] * (c - sum(1 for v in real.KNOWN_GENOTYPES.values() if v == g))
     pool = [pool[i] for i in rng.permutation(len(pool))]
-    # five-probe sessions: 732592105, 719161530 (listed with A-E), the rest chosen
+    # five-probe sessions: 732592105, 839557629, 719161530 (listed with A-E), the rest chosen
     fixed5 = set(real.FIVE_PROBE_SESSIONS_CONFIRMED) | {
         s for s, ps in real.KNOWN_PROBES.items() if len(ps) == 5
     }
