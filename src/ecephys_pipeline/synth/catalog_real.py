@@ -65,7 +65,7 @@ SESSION_TYPES: dict[int, str] = {sid: BO if sid in BO_SESSION_IDS else FC for si
 
 # Genotypes (CONFIRMED counts, allen-warehouse.md §5: 30/12/8/8). Which session has which is
 # UNCONFIRMED except 715093703 (Sst, allen-warehouse.md §2.1 example row) and 839557629 (Pvalb,
-# §5).
+# allen-warehouse.md §5).
 WT = "wt/wt"
 SST = "Sst-IRES-Cre/wt;Ai32(RCL-ChR2(H134R)_EYFP)/wt"
 PVALB = "Pvalb-IRES-Cre/wt;Ai32(RCL-ChR2(H134R)_EYFP)/wt"
@@ -94,7 +94,7 @@ UNASSIGNED_SPECIMEN_IDS: dict[int, int] = {  # UNCONFIRMED pairing
 TOTAL_PROBES = 332
 # Known probe ids per session, in name order A.. (CONFIRMED where listed in allen-warehouse.md
 # §5). 719161530 is listed with A-E only, so it is taken to have 5 probes (UNCONFIRMED).
-# 839557629 has 5 probes, all without LFP (CONFIRMED, §5).
+# 839557629 has 5 probes, all without LFP (CONFIRMED, allen-warehouse.md §5).
 KNOWN_PROBES: dict[int, tuple[int, ...]] = {
     715093703: (810755797, 810755799, 810755801, 810755803, 810755805, 810755807),
     719161530: (729445648, 729445650, 729445652, 729445654, 729445656),
