@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
 CI_PROFILE = REPO / ".ci" / "slurm" / "profile"
-WORKFLOW_PARTS = ["Snakefile", "workflow", "config", "profiles", "envs"]
+WORKFLOW_PARTS = ["Snakefile", "workflow", "config", "profiles"]
 RUN_TIMEOUT_S = int(os.environ.get("SLURM_TEST_RUN_TIMEOUT_S", "600"))  # per snakemake run
 
 # Lines the main Snakemake process logs (Snakemake 9.27, snakemake-executor-plugin-slurm 2.8).

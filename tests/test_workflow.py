@@ -113,8 +113,9 @@ def test_readme_queries_agree_across_pandas_polars_duckdb(demo_run, monkeypatch)
 
 
 def test_rule_scripts_find_the_package_without_an_install(tmp_path):
-    """With --sdm conda the jobs run in envs/pipeline.yaml, which has only the dependencies:
-    Snakemake puts a script's folder on sys.path, and the package is linked into it."""
+    """With --sdm conda the jobs run in workflow/envs/pipeline.yaml, which has only the
+    dependencies: Snakemake puts a script's folder on sys.path, and the package is linked into
+    it."""
     bare = tmp_path / "bare"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
     code = (

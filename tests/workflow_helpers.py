@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "workflow", "config", "envs", "profiles")
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles")
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 ALL_UNITS_SPEC = (
     "unit_filters:\n  quality: null\n  amplitude_cutoff_maximum: null\n"

@@ -4,7 +4,7 @@
 #   .ci/slurm/up.sh            # variant B: slurmdbd + MariaDB, so sacct works (the default)
 #   SLURM_VARIANT=A .ci/slurm/up.sh   # variant A: no accounting (profile must use squeue)
 #
-# Recipe: /work/shared/docs/slurm-local.md (Debian slurm-wlm 22.05, no systemd, no cgroups).
+# Tried on Debian 12 with slurm-wlm 22.05 (no systemd, no cgroups); this script is the recipe.
 # Idempotent: a daemon whose PID file points at a live process is left alone, and config files
 # are rewritten with the same content. If variant B cannot start, it falls back to variant A
 # (unless SLURM_VARIANT=B was set explicitly). The running variant is recorded in

@@ -1,16 +1,17 @@
 """Knowledge of the Allen Visual Coding - Neuropixels NWB layout, for reading with h5py.
 
-Facts come from ``shared/docs/allen-nwb.md`` (cited as N§) and AllenSDK 2.16.2, which is the
-authority on how the files are meant to be read.  Everything here reads whole datasets (or one
+Facts come from ``docs/allen-nwb.md`` (cited as ``allen-nwb.md §n``) and AllenSDK 2.16.2, which is
+the authority on how the files are meant to be read.  Everything here reads whole datasets (or one
 contiguous slice of them) at a time; there are no per-unit loops over HDF5.
 
-Two generations of session files exist (N§0):
+Two generations of session files exist (allen-nwb.md §0):
 
 * Gen-2 (``nwb_version >= 2.2.2``, the files served now): probes are named ``probeA``.. with the id
   in a ``probe_id`` attribute, electrodes carry ``x/y/z`` and ``location``, one
   ``/intervals/<name>_presentations`` table per stimulus, spikes already filtered and sorted.
 * Gen-1 (2019): groups named by probe id, ``manual_structure_*`` electrode columns, one
-  ``/intervals/epochs`` table, and spike times that may hold ``-1`` and be unsorted (N§4).
+  ``/intervals/epochs`` table, and spike times that may hold ``-1`` and be unsorted
+  (allen-nwb.md §4).
 
 The public entry points are :func:`open_session` (an :class:`NwbSession`) and :func:`open_lfp`.
 """
@@ -35,7 +36,7 @@ GEN2_MIN_VERSION = (2, 2, 2)
 RAGGED_UNIT_COLUMNS = ("spike_times", "spike_amplitudes", "waveform_mean", "waveform_sd")
 
 # Units metric columns that are float64 in AllenSDK; ``fill_df`` may have stored them as vlen
-# strings of "" / "None" when the whole column was missing for the session (N§1.3).
+# strings of "" / "None" when the whole column was missing for the session (allen-nwb.md §1.3).
 FLOAT_UNIT_COLUMNS = (
     "firing_rate",
     "snr",
@@ -629,7 +630,7 @@ class LfpInfo:
 
 
 def open_lfp(path: str | os.PathLike) -> LfpInfo:
-    """Metadata of a per-probe LFP NWB (N§3): probe id, channels, sample count."""
+    """Metadata of a per-probe LFP NWB (allen-nwb.md §3): probe id, channels, sample count."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")

@@ -10,7 +10,7 @@ rule download_session_nwb:
         "logs/download/session_{session_id}.log",
     retries: 1
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         downloads=1,
@@ -41,7 +41,7 @@ rule write_lock:
     log:
         "logs/download/write_lock.log",
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=256,

@@ -11,7 +11,7 @@ rule extract_session:
     log:
         "logs/extract/session_{session_id}.log",
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=extract_mem_mb,
@@ -32,7 +32,7 @@ rule write_manifest:
     log:
         "logs/extract/write_manifest.log",
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=512,

@@ -4,7 +4,7 @@ rule fetch_metadata_table:
     log:
         "logs/metadata/{table}.log",
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=2048,
@@ -21,7 +21,7 @@ rule cache_manifest:
     log:
         "logs/metadata/cache_manifest.log",
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=256,

@@ -8,7 +8,7 @@ checkpoint select_sessions:
     log:
         "logs/select/select_sessions.log",
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=4096,

@@ -18,7 +18,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m ecephys_pipeline.fake",
         description="Serve a synthetic Allen ecephys dataset over the warehouse and S3 protocols.",
     )
-    ap.add_argument("--data", required=True, type=Path, help="dataset directory (architecture §1)")
+    ap.add_argument(
+        "--data", required=True, type=Path, help="dataset directory (docs/architecture.md §1)"
+    )
     ap.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
     ap.add_argument("--port", type=int, default=0, help="port (0 = any free port)")
     ap.add_argument("--port-file", type=Path, help="write the base URL here once listening")

@@ -15,7 +15,8 @@ S3_PREFIX = "visual-coding-neuropixels/ecephys-cache/"
 # Files up to this size get S3's single-part ETag (quoted MD5 of the bytes, computed once per
 # (path, size, mtime) and cached). Larger files get a multipart-shaped ETag ("<hex>-<parts>", the
 # hex derived from size and mtime, so it is cheap and stable while the file is unchanged): that is
-# what real multi-GB objects uploaded in parts carry, and it is not an MD5 of the file (W§4).
+# what real multi-GB objects uploaded in parts carry, and it is not an MD5 of the file
+# (allen-warehouse.md §4).
 MD5_ETAG_MAX = 64 * 1024 * 1024
 MULTIPART_CHUNK = 8 * 1024 * 1024
 READ_CHUNK = 256 * 1024

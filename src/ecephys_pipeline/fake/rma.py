@@ -1,4 +1,4 @@
-"""The fake warehouse's own RMA parser and query engine (server side of W§1).
+"""The fake warehouse's own RMA parser and query engine (server side of allen-warehouse.md §1).
 
 Deliberately independent of ``ecephys_pipeline.rma`` (the client's query builder): a bug shared by
 client and fake would pass every test. Grammar handled (after URL decoding)::
@@ -22,8 +22,8 @@ Semantics chosen where the real service is not documented (see the module consta
   ``well_known_file_type[name$eq'EcephysNwb'][attachable_type$eq..][attachable_id$eq..]`` can
   return the right file on the real service.
 - ``rma::criteria,assoc(...)`` keeps a root row if at least one chain of associated rows matches.
-- ``EcephysChannel`` rows with ``valid_data`` false are not served as rows (W/contract §1) but stay
-  reachable through associations (units on them still belong to their probe).
+- ``EcephysChannel`` rows with ``valid_data`` false are not served as rows (docs/architecture.md
+  §1) but stay reachable through associations (units on them still belong to their probe).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """A stand-in for api.brain-map.org and the public S3 bucket, served from a dataset directory.
 
-Test and demo side only (architecture.md §2). A real HTTP/1.1 server (standard library,
-keep-alive) on a loopback address that speaks what the Allen service speaks (W§1, W§3.3):
+Test and demo side only (docs/architecture.md §2). A real HTTP/1.1 server (standard library,
+keep-alive) on a loopback address that speaks what the Allen service speaks
+(docs/allen-warehouse.md §1, §3.3):
 
 - ``GET /api/v2/data/query.json?criteria=...`` (or ``q=``): the RMA query API, own parser in
   :mod:`ecephys_pipeline.fake.rma`; envelope ``{"success", "id", "start_row", "num_rows",
@@ -495,7 +496,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts = self.requestline.split()
         raw_target = parts[1] if len(parts) >= 2 else self.path
         raw_path, _, raw_query = raw_target.partition("?")
-        path = "/" + raw_path.lstrip("/")  # '//api/v2/...' is what AllenSDK requests (W§1.5)
+        # '//api/v2/...' is what AllenSDK requests (allen-warehouse.md §1.5)
+        path = "/" + raw_path.lstrip("/")
         self._entry = {
             "time": time.time(),
             "method": self.command,

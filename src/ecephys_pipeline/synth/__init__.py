@@ -19,7 +19,7 @@ Python API::
                  all_nan_metric_as_str=False) -> Path
     ensure_session_nwb(dataset_dir, session_id) -> Path
     ensure_lfp_nwb(dataset_dir, probe_id) -> Path
-    write_gen1_session_nwb(path, seed=0, ...) -> Path          (Gen-1 variant, N§4)
+    write_gen1_session_nwb(path, seed=0, ...) -> Path          (Gen-1 variant, allen-nwb.md §4)
     make_full_size_session(path, seed=0, units=850, spikes=40e6, probes=6) -> Path
 
 CLI (``synth/__main__.py``):
@@ -220,7 +220,8 @@ def _write_json(path: Path, obj: Any, indent: int | None = None) -> None:
 
 
 def s3_tables(records: dict[str, list]) -> dict[str, Any]:
-    """The four cache tables as AllenSDK's warehouse API post-processes them (W§2), index ``id``."""
+    """The four cache tables as AllenSDK's warehouse API post-processes them
+    (allen-warehouse.md §2), index ``id``."""
     import pandas as pd
 
     def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -235,7 +236,8 @@ def s3_tables(records: dict[str, list]) -> dict[str, Any]:
     donors = [r["specimen"]["donor"] for r in records["EcephysSession"]]
     sess["age_in_days"] = [d["age"]["days"] for d in donors]
     sess["sex"] = [d["sex"] for d in donors]
-    sess["genotype"] = [d["full_genotype"] or "wt" for d in donors]  # None -> "wt" (W§2.1)
+    # None -> "wt" (allen-warehouse.md §2.1)
+    sess["genotype"] = [d["full_genotype"] or "wt" for d in donors]
     sess["has_nwb"] = ["EcephysNwb" in wkf_types.get(i, []) for i in sess.index]
     sess = sess.drop(columns=["specimen", "fail_eye_tracking"])
     sess = sess.rename(columns={"stimulus_name": "session_type"})
@@ -274,7 +276,7 @@ def _write_s3(out: Path, records: dict[str, list]) -> None:
 
 
 def write_gen1_session_nwb(path: str | os.PathLike[str], seed: int = 0, **kwargs: Any) -> Path:
-    """Gen-1 (2019) session file written with h5py per N§4; see ``synth.gen1``."""
+    """Gen-1 (2019) session file written with h5py per allen-nwb.md §4; see ``synth.gen1``."""
     from .gen1 import write_gen1_session_nwb as _w
 
     return _w(path, seed, **kwargs)

@@ -1,9 +1,9 @@
 """Facts about the real Visual Coding - Neuropixels catalogue, for the realistic synthetic dataset.
 
-Sources are the shared notes (W§5 = ``allen-warehouse.md`` §5, N§7 = ``allen-nwb.md`` §7). Every
-item is marked with how sure we are:
+Sources are ``docs/allen-warehouse.md`` §5 (mostly) and ``docs/allen-nwb.md`` §7. Every item is
+marked with how sure we are:
 
-- CONFIRMED: stated in the shared notes (notebook outputs, issue threads, logs).
+- CONFIRMED: stated in those documents (notebook outputs, issue threads, logs).
 - UNCONFIRMED: recalled or inferred, not checked against a primary source. Used only because a
   realistic fake needs *some* value; the pipeline must not depend on it being right.
 
@@ -12,27 +12,27 @@ Nothing here is read by the pipeline itself: only ``synth.make_dataset(realistic
 
 from __future__ import annotations
 
-PUBLISHED_AT = "2019-10-03T00:00:00Z"  # CONFIRMED (W§2.1 example row, W§5)
+PUBLISHED_AT = "2019-10-03T00:00:00Z"  # CONFIRMED (allen-warehouse.md §2.1, §5)
 
 BO = "brain_observatory_1.1"
 FC = "functional_connectivity"
 
-# CONFIRMED: the 21 session ids named in W§5.
+# CONFIRMED (allen-warehouse.md §5): the 21 session ids that other facts below are about. An
+# older note listed 759228117 here; it is not a session (only AllenSDK's query tests use it).
 KNOWN_SESSION_IDS: tuple[int, ...] = (
     715093703, 719161530, 721123822, 732592105, 737581020, 746083955, 751348571, 755434585,
-    756029989, 759228117, 760693773, 763673393, 773418906, 774875821, 779839471, 791319847,
+    756029989, 759883607, 760693773, 763673393, 773418906, 774875821, 779839471, 791319847,
     797828357, 798911424, 799864342, 831882777, 839557629,
 )  # fmt: skip
 
-# The 58 session ids in session-table order (ascending id). The 21 known ids above are CONFIRMED;
-# the other 37 are UNCONFIRMED (recalled from the public session table, not re-checked). Two
-# independent checks agree with this list: it has exactly 58 ids, the five WKF-known sessions are
-# the first five, and 791319847 lands at position 42, which is where its NWB WellKnownFile id
-# 1026124645 sits in the W§5 table-order list.
+# CONFIRMED (allen-warehouse.md §5, from three public codebases that list the whole release): the
+# 58 session ids in session-table order (ascending id). It agrees with the WellKnownFile list
+# below: the five WKF-known sessions are the first five, and 791319847 lands at position 42,
+# where its NWB WellKnownFile id 1026124645 sits.
 SESSION_IDS: tuple[int, ...] = (
     715093703, 719161530, 721123822, 732592105, 737581020, 739448407, 742951821, 743475441,
     744228101, 746083955, 750332458, 750749662, 751348571, 754312389, 754829445, 755434585,
-    756029989, 757216464, 757970808, 758798717, 759228117, 760345702, 760693773, 761418226,
+    756029989, 757216464, 757970808, 758798717, 759883607, 760345702, 760693773, 761418226,
     762120172, 762602078, 763673393, 766640955, 767871931, 768515987, 771160300, 771990200,
     773418906, 774875821, 778240327, 778998620, 779839471, 781842082, 786091066, 787025148,
     789848216, 791319847, 793224716, 794812542, 797828357, 798911424, 799864342, 816200189,
@@ -40,7 +40,7 @@ SESSION_IDS: tuple[int, ...] = (
     840012044, 847657808,
 )  # fmt: skip
 
-# CONFIRMED (W§5): NWB WellKnownFile ids of the 58 sessions, in session-table order.
+# CONFIRMED (allen-warehouse.md §5): NWB WellKnownFile ids of the 58 sessions, in table order.
 SESSION_NWB_WKF_IDS: tuple[int, ...] = (
     1026124469, 1026124034, 1026123696, 1026123599, 1026123989, 1026123897, 1026123964,
     1026124068, 1026124429, 1026124262, 1026124724, 1026124242, 1026124863, 1026123537,
@@ -53,29 +53,31 @@ SESSION_NWB_WKF_IDS: tuple[int, ...] = (
     1026124422, 1026123943,
 )  # fmt: skip
 
-# Session types. UNCONFIRMED: the 32/26 split is "commonly cited" (W§5, N§7), and which sessions
-# are functional_connectivity is recalled, not checked: brain_observatory_1.1 = the first 27 by id
-# plus the five below; everything else functional_connectivity. 791319847 being BO 1.1 matches the
-# data-access notebook, which uses it as a brain_observatory_1.1 example.
-_BO_LATE = (773418906, 791319847, 797828357, 798911424, 799864342)
-SESSION_TYPES: dict[int, str] = {
-    sid: (BO if (i < 27 or sid in _BO_LATE) else FC) for i, sid in enumerate(SESSION_IDS)
-}
+# Session types (CONFIRMED, allen-warehouse.md §5): these 32 are brain_observatory_1.1, the other
+# 26 functional_connectivity.
+BO_SESSION_IDS: tuple[int, ...] = (
+    715093703, 719161530, 721123822, 732592105, 737581020, 739448407, 742951821, 743475441,
+    744228101, 746083955, 750332458, 750749662, 751348571, 754312389, 754829445, 755434585,
+    756029989, 757216464, 757970808, 758798717, 759883607, 760345702, 760693773, 761418226,
+    762120172, 762602078, 763673393, 773418906, 791319847, 797828357, 798911424, 799864342,
+)  # fmt: skip
+SESSION_TYPES: dict[int, str] = {sid: BO if sid in BO_SESSION_IDS else FC for sid in SESSION_IDS}
 
-# Genotypes (CONFIRMED counts, W§5: 30/12/8/8). Which session has which is UNCONFIRMED except
-# 715093703 (Sst, W§2.1 example row).
+# Genotypes (CONFIRMED counts, allen-warehouse.md §5: 30/12/8/8). Which session has which is
+# UNCONFIRMED except 715093703 (Sst, allen-warehouse.md §2.1 example row) and 839557629 (Pvalb,
+# allen-warehouse.md §5).
 WT = "wt/wt"
 SST = "Sst-IRES-Cre/wt;Ai32(RCL-ChR2(H134R)_EYFP)/wt"
 PVALB = "Pvalb-IRES-Cre/wt;Ai32(RCL-ChR2(H134R)_EYFP)/wt"
 VIP = "Vip-IRES-Cre/wt;Ai32(RCL-ChR2(H134R)_EYFP)/wt"
 GENOTYPE_COUNTS: dict[str, int] = {WT: 30, SST: 12, PVALB: 8, VIP: 8}
-KNOWN_GENOTYPES: dict[int, str] = {715093703: SST}
-KNOWN_AGES: dict[int, int] = {715093703: 118}  # CONFIRMED (W§2.1 example row)
-KNOWN_SEXES: dict[int, str] = {715093703: "M"}  # CONFIRMED (W§2.1 example row)
-AGE_RANGE_DAYS = (96, 129)  # CONFIRMED range seen (W§5)
+KNOWN_GENOTYPES: dict[int, str] = {715093703: SST, 839557629: PVALB}
+KNOWN_AGES: dict[int, int] = {715093703: 118}  # CONFIRMED (allen-warehouse.md §2.1)
+KNOWN_SEXES: dict[int, str] = {715093703: "M"}  # CONFIRMED (allen-warehouse.md §2.1)
+AGE_RANGE_DAYS = (96, 129)  # CONFIRMED range seen (allen-warehouse.md §5)
 
-# Specimen ids. CONFIRMED pairs from W§5; the other listed specimen ids are real but their
-# sessions are not stated: assigned here to plausible sessions (UNCONFIRMED).
+# Specimen ids. CONFIRMED pairs from allen-warehouse.md §5; the other listed specimen ids are real
+# but their sessions are not stated: assigned here to plausible sessions (UNCONFIRMED).
 KNOWN_SPECIMENS: dict[int, int] = {715093703: 699733581, 756029989: 734865738, 773418906: 757329624}
 UNASSIGNED_SPECIMEN_IDS: dict[int, int] = {  # UNCONFIRMED pairing
     719161530: 703279284,
@@ -90,13 +92,13 @@ UNASSIGNED_SPECIMEN_IDS: dict[int, int] = {  # UNCONFIRMED pairing
 
 # Probes: 332 in total (CONFIRMED), 5 or 6 per session; 732592105 has 5 (CONFIRMED).
 TOTAL_PROBES = 332
-# Known probe ids per session, in name order A.. (CONFIRMED where listed in W§5). 719161530 is
-# listed with A-E only, so it is taken to have 5 probes (UNCONFIRMED). 839557629's probe ids
-# are five real no-LFP ids plus one made up (846401832, UNCONFIRMED).
+# Known probe ids per session, in name order A.. (CONFIRMED where listed in allen-warehouse.md
+# §5). 719161530 is listed with A-E only, so it is taken to have 5 probes (UNCONFIRMED).
+# 839557629 has 5 probes, all without LFP (CONFIRMED, allen-warehouse.md §5).
 KNOWN_PROBES: dict[int, tuple[int, ...]] = {
     715093703: (810755797, 810755799, 810755801, 810755803, 810755805, 810755807),
     719161530: (729445648, 729445650, 729445652, 729445654, 729445656),
-    839557629: (846401828, 846401830, 846401832, 846401834, 846401838, 846401841),
+    839557629: (846401828, 846401830, 846401834, 846401838, 846401841),
 }
 # Known probe ids without a known name slot: placed into their session's id sequence.
 KNOWN_PROBE_IDS_PARTIAL: dict[int, tuple[int, ...]] = {
@@ -105,33 +107,36 @@ KNOWN_PROBE_IDS_PARTIAL: dict[int, tuple[int, ...]] = {
     763673393: (773463023,),
     831882777: (832810584,),
 }
-# The seven real probes without an LFP file (CONFIRMED, W§5 / AllenSDK #2260), by session.
+# The seven real probes without an LFP file (CONFIRMED, allen-warehouse.md §5, AllenSDK #2260),
+# by session.
 NO_LFP_PROBES: dict[int, tuple[int, ...]] = {
     763673393: (773463023,),
     831882777: (832810584,),
     839557629: (846401828, 846401830, 846401834, 846401838, 846401841),
 }
 NO_LFP_PROBE_IDS: tuple[int, ...] = tuple(p for ps in NO_LFP_PROBES.values() for p in ps)
-# Sessions with 5 probes: 332 = 58*6 - 16, so 16 sessions have 5. 732592105 is CONFIRMED; the
-# rest are UNCONFIRMED (chosen deterministically among sessions without a known 6-probe list).
-FIVE_PROBE_SESSIONS_CONFIRMED: tuple[int, ...] = (732592105,)
+# Sessions with 5 probes: 332 = 58*6 - 16, so 16 sessions have 5. 732592105 and 839557629 are
+# CONFIRMED; the rest are UNCONFIRMED (chosen deterministically among sessions without a known
+# 6-probe list).
+FIVE_PROBE_SESSIONS_CONFIRMED: tuple[int, ...] = (732592105, 839557629)
 N_FIVE_PROBE_SESSIONS = 58 * 6 - TOTAL_PROBES
 
-# Known probe-level facts (CONFIRMED, W§2.2/W§2.3 example rows).
+# Known probe-level facts (CONFIRMED, allen-warehouse.md §2.2/§2.3 example rows).
 KNOWN_PROBE_RATES: dict[int, tuple[float, float]] = {  # probe id -> (sampling_rate, lfp rate)
     729445648: (29999.967418, 1249.998642),
     792645504: (30000.035489, 1250.001479),
 }
 KNOWN_PROBE_PHASES: dict[int, str] = {729445648: "3a", 792645504: "3a"}
 # Known first channel id of a probe (CONFIRMED: 849705558 is local_index 1 of probe 792645504,
-# W§2.3), so local_index 0 is 849705556.
+# allen-warehouse.md §2.3), so local_index 0 is 849705556.
 KNOWN_CHANNEL_BASES: dict[int, int] = {792645504: 849705556}
 
 # Channel count per probe among valid channels (CONFIRMED examples 358-374 of 384).
 VALID_CHANNELS_RANGE = (358, 374)
 
-# Unit ids: 951061537 ... 951062898 for session 791319847 (CONFIRMED, W§5).
+# Unit ids: 951061537 ... 951062898 for session 791319847 (CONFIRMED, allen-warehouse.md §5).
 KNOWN_UNIT_ID_START: dict[int, int] = {791319847: 951061537}
 
-# Real well-known file ids for LFP files (CONFIRMED, W§5). Others are made up in 1026124xxx.
+# Real well-known file ids for LFP files (CONFIRMED, allen-warehouse.md §5). Others are made up in
+# 1026124xxx.
 KNOWN_LFP_WKF_IDS: dict[int, int] = {810755797: 1026124481, 810755805: 1026124475}

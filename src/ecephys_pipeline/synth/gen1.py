@@ -1,4 +1,5 @@
-"""Gen-1 (2019) session file variant (N§4), written with h5py, and the full-size benchmark file.
+"""Gen-1 (2019) session file variant (allen-nwb.md §4), written with h5py, and the full-size
+benchmark file.
 
 Gen-1 differences reproduced here (for reader tolerance tests): root ``nwb_version="2.0b"`` and
 ``session_description="EcephysSession"``, no cached spec, no ``object_id`` attributes, ``help``
@@ -189,7 +190,7 @@ def _write_units(f: h5py.File, ctx: g2.SessionContext, tabs, n_invalid: int) -> 
     for k, x in enumerate(units):
         t, a = g2.unit_spikes(ctx.seed, x, ctx.knobs.duration_s)
         rng = rng_for(ctx.seed, "gen1-invalid", x["id"])
-        # Gen-1: invalid spikes at -1 and unsorted order (N§0)
+        # Gen-1: invalid spikes at -1 and unsorted order (allen-nwb.md §0)
         t = np.concatenate([t, np.full(n_invalid, -1.0)])
         a = np.concatenate([a, rng.uniform(1e-5, 1e-4, n_invalid)])
         order = rng.permutation(len(t))
@@ -268,9 +269,9 @@ def make_full_size_session(
     probes: int = 6,
     index_dtype: str | None = None,
 ) -> Path:
-    """One session file at realistic scale (N§7) for benchmarks: Gen-2 layout, same writer as the
-    small files (so it opens in pynwb and AllenSDK), ``units`` units on ``probes`` probes and at
-    least ``spikes`` spikes in total (the recording length is chosen to reach it).
+    """One session file at realistic scale (allen-nwb.md §7) for benchmarks: Gen-2 layout, same
+    writer as the small files (so it opens in pynwb and AllenSDK), ``units`` units on ``probes``
+    probes and at least ``spikes`` spikes in total (the recording length is chosen to reach it).
 
     Peak memory is about 3x the spike data (16 B/spike) plus the waveforms (~250 KB/unit), i.e.
     ~2.5 GB for the defaults. Deterministic for a seed.
@@ -283,7 +284,8 @@ def make_full_size_session(
                   duration_s=9600.0)  # fmt: skip
     records = build_records(seed, knobs, realistic=False)
     sid = records["EcephysSession"][0]["id"]
-    # recording length that gives >= `spikes` expected spikes (N§7: ~9,600-10,000 s typical)
+    # recording length that gives >= `spikes` expected spikes (allen-nwb.md §7: ~9,600-10,000 s
+    # typical)
     rate = sum(u["firing_rate"] * (u["presence_ratio"] or 1.0) for u in records["EcephysUnit"])
     duration = max(1000.0, math.ceil(spikes * 1.03 / rate))
     knobs = Knobs(**{**knobs.to_json(), "duration_s": float(duration), "index_dtype": index_dtype})

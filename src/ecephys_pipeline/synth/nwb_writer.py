@@ -1,9 +1,11 @@
-"""Gen-2 Allen ecephys NWB writers (session file N§1, LFP file N§3) for the synthetic dataset.
+"""Gen-2 Allen ecephys NWB writers, session and LFP files (allen-nwb.md §1, §3), for the synthetic
+dataset.
 
 Files are written with pynwb and the ndx-aibs-ecephys 0.2.0 extension (``spec/*.yaml``), then
-post-edited with h5py so that AllenSDK 2.16.2 can read them like the released 2020 files (N§11):
-the electrodes table is typed ``DynamicTable`` in ``hdmf-common`` and the root ``nwb_version`` is
-``"2.2.2"``. Object ids and dates come from the seed, so the same inputs give the same bytes.
+post-edited with h5py so that AllenSDK 2.16.2 can read them like the released 2020 files
+(allen-nwb.md §11): the electrodes table is typed ``DynamicTable`` in ``hdmf-common`` and the root
+``nwb_version`` is ``"2.2.2"``. Object ids and dates come from the seed, so the same inputs give the
+same bytes.
 """
 
 from __future__ import annotations
@@ -308,7 +310,7 @@ def _write(nwbfile: Any, path: Path) -> None:
             io.write(nwbfile, cache_spec=True)
 
 
-# electrodes colnames in pynwb 1.x add_electrode order (N§1.2, order UNCONFIRMED)
+# electrodes colnames in pynwb 1.x add_electrode order (allen-nwb.md §1.2, order UNCONFIRMED)
 ELECTRODE_COLNAMES = (
     "x", "y", "z", "imp", "location", "filtering", "group", "group_name",
     "probe_vertical_position", "probe_horizontal_position", "probe_id", "local_index", "valid_data",
@@ -316,7 +318,8 @@ ELECTRODE_COLNAMES = (
 
 
 def post_edit(path: Path, index_dtype: str | None = None) -> None:
-    """h5py edits for AllenSDK 2.16.2 / NWB 2.2.2 fidelity (N§11), optional index dtype rewrite.
+    """h5py edits for AllenSDK 2.16.2 / NWB 2.2.2 fidelity (allen-nwb.md §11), optional index
+    dtype rewrite.
 
     ``index_dtype``: every VectorIndex dataset whose values fit that integer type is rewritten to
     it (reader-tolerance tests); one whose values do not fit keeps the type hdmf chose.
@@ -675,7 +678,7 @@ def _units_table(ctx: SessionContext, electrode_rows: dict[int, tuple[int, int, 
         else:
             vals = np.array([np.nan if u[wh] is None else u[wh] for u in units], np.float64)
             if n and np.isnan(vals).all():
-                # fill_df quirk (N§1.3): an all-NaN column is written as empty strings
+                # fill_df quirk (allen-nwb.md §1.3): an all-NaN column is written as empty strings
                 data = np.array([""] * n, dtype=object)
             else:
                 data = vals
@@ -756,7 +759,7 @@ def write_session_nwb(path: Path, ctx: SessionContext) -> None:
 
 
 def lfp_channel_mask(tab: dict[str, np.ndarray]) -> np.ndarray:
-    """LFP channels: every 4th channel (local_index % 4 == 2) among valid ones (N§3)."""
+    """LFP channels: every 4th channel (local_index % 4 == 2) among valid ones (allen-nwb.md §3)."""
     return (tab["local_index"] % 4 == 2) & tab["valid_data"]
 
 

@@ -4,9 +4,9 @@ Everything here is a pure function of the seed and the size knobs. The NWB write
 (``synth.nwb_writer``) only read these records (after their JSON round trip) plus the seed, so a
 lazily generated file equals an eagerly generated one.
 
-Field values follow W§2 / W§5 and N§7: realistic id ranges, NP1.0 geometry, probe names A..F,
-valid-channel counts 358-374 of 384, quality metrics with realistic spreads, and a few units
-chosen to fail each default AllenSDK filter.
+Field values follow docs/allen-warehouse.md §2 / §5 and docs/allen-nwb.md §7: realistic id
+ranges, NP1.0 geometry, probe names A..F, valid-channel counts 358-374 of 384, quality metrics
+with realistic spreads, and a few units chosen to fail each default AllenSDK filter.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ from . import catalog_real as real
 N_CHANNELS = 384
 # NP1.0 reference channels (not recorded; valid_data False in every probe).
 REFERENCE_CHANNELS = (36, 75, 112, 151, 188, 227, 264, 303, 340, 379)
-HORIZONTAL_PATTERN = (43, 11, 59, 27)  # µm, NP1.0 checkerboard (W§2.3 example rows)
+HORIZONTAL_PATTERN = (43, 11, 59, 27)  # µm, NP1.0 checkerboard (allen-warehouse.md §2.3 rows)
 PROBE_NAMES = ("probeA", "probeB", "probeC", "probeD", "probeE", "probeF")
-# Cortical target per probe slot (W§2.2: A=AM, B=PM, C=V1, D=LM, E=AL, F=RL).
+# Cortical target per probe slot (allen-warehouse.md §2.2: A=AM, B=PM, C=V1, D=LM, E=AL, F=RL).
 PROBE_TARGETS = ("VISam", "VISpm", "VISp", "VISl", "VISal", "VISrl")
 
-# Allen CCF structure ids for the acronyms used (the ids AllenSDK's acronym map used; W§2 / N§1.2).
+# Allen CCF structure ids for the acronyms used: the warehouse's Structure rows, which give the
+# channels' ecephys_structure_id (allen-warehouse.md §2.3). The ids are those of the acronym map
+# older AllenSDK versions had; 2.16.2 has none (allen-nwb.md §1.2).
 STRUCTURES: dict[str, tuple[int, str]] = {
     "grey": (8, "Basic cell groups and regions"),
     "APN": (215, "Anterior pretectal nucleus"),
@@ -276,7 +278,7 @@ def _plan_realistic(seed: int) -> list[SessionPlan]:
     for g, c in real.GENOTYPE_COUNTS.items():
         pool += [g] * (c - sum(1 for v in real.KNOWN_GENOTYPES.values() if v == g))
     pool = [pool[i] for i in rng.permutation(len(pool))]
-    # five-probe sessions: 732592105, 719161530 (listed with A-E), the rest chosen
+    # five-probe sessions: 732592105, 839557629, 719161530 (listed with A-E), the rest chosen
     fixed5 = set(real.FIVE_PROBE_SESSIONS_CONFIRMED) | {
         s for s, ps in real.KNOWN_PROBES.items() if len(ps) == 5
     }
@@ -367,7 +369,7 @@ def build_records(seed: int, knobs: Knobs, realistic: bool) -> dict[str, list[di
     for plan in plans:
         sid = plan.session_id
         donor_name = _specimen_name(plan)
-        # keys in alphabetical order, as the warehouse returns them (W§2.1, §2.2 column order)
+        # keys in alphabetical order, as the warehouse returns them (allen-warehouse.md §2.1)
         sessions.append(
             {
                 "date_of_acquisition": plan.date_of_acquisition.strftime("%Y-%m-%dT%H:%M:%SZ"),
