@@ -6,6 +6,9 @@ import dataclasses
 import json
 import logging
 import shutil
+import socket
+import subprocess
+import sys
 import time
 from email.utils import formatdate
 
@@ -411,3 +414,64 @@ def test_hostile_s3_csv_is_one_line(dataset, tmp_path):
             sources.fetch_table(sources.Source("s3", server.url), "probes", policy=FAST)
     message = str(err.value)
     assert "probes.csv" in message and "-715093703" in message and "\n" not in message
+
+
+# ---------------------------------------------------------------- the rule script and the CLI
+
+
+def _workflow_config(workdir, url: str, **download) -> str:
+    config = yaml.safe_load((workdir / "config/demo.yaml").read_text())
+    config["demo"]["enabled"] = False
+    config["source"] = {"kind": "warehouse", "url": url}
+    config["download"].update(download)
+    (workdir / "config/test.yaml").write_text(yaml.safe_dump(config))
+    return "config/test.yaml"
+
+
+@pytest.mark.e2e
+def test_metadata_rule_uses_the_config_and_fails_in_one_line(warehouse, tmp_path):
+    workdir = helpers.copy_workflow(tmp_path / "wf")
+    configfile = _workflow_config(workdir, warehouse.url, read_timeout_s=0.5, max_attempts=2)
+
+    def fetch(table: str) -> str:
+        proc = subprocess.run(
+            [*helpers.SNAKEMAKE, f"resources/allen_cache/{table}.csv", "--configfile", configfile],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode != 0
+        assert not (workdir / f"resources/allen_cache/{table}.csv").exists()
+        log = (workdir / f"logs/metadata/{table}.log").read_text()
+        assert "Traceback" not in log, log
+        return log.strip().splitlines()[-1]
+
+    warehouse.set_faults([{"kind": "stall", "after_bytes": 0, "seconds": 30, "match": "Probe"}])
+    last = fetch("probes")
+    assert last.startswith("error: RMA query") and "failed 2 times" in last, last
+    assert last.count("read timeout of 0.5 s") == 2, last
+    warehouse.set_faults([{"kind": "rma_row", "set": {"id": "../../etc"}, "match": "Session"}])
+    last = fetch("sessions")
+    assert last.startswith("error: the source's sessions table has a row with id '../../etc'")
+
+
+@pytest.mark.e2e
+def test_plan_on_an_unreachable_source_exits_2_with_one_line(tmp_path):
+    workdir = helpers.copy_workflow(tmp_path / "wf")
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    configfile = _workflow_config(workdir, f"http://127.0.0.1:{port}", max_attempts=2)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ecephys_pipeline", "plan", "--configfile", configfile],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: RMA query") and f"127.0.0.1:{port}" in last, last
+    assert "connection refused" in last.lower(), last
