@@ -754,6 +754,45 @@ def test_fault_rma_error_and_zero_rows(fw):
     assert rma(fw, "criteria=model::EcephysSession")["num_rows"] == 2  # not matched
 
 
+def test_fault_rma_total_rows_and_repeat_page(fw, dataset):
+    units = sorted(u["id"] for u in dataset["units"])
+    fw.set_faults([{"kind": "rma_total_rows", "total_rows": 7, "match": "EcephysUnit", "times": 1}])
+    env = rma(fw, "criteria=model::EcephysUnit", 0, 2)
+    assert env["total_rows"] == 7 and [r["id"] for r in env["msg"]] == units[:2]
+    assert rma(fw, "criteria=model::EcephysUnit", 0, 2)["total_rows"] == len(units)
+    fw.set_faults([{"kind": "rma_repeat_page", "match": "EcephysUnit"}])
+    for start in (0, 2, 4):  # the same first page, whatever start_row asks for
+        env = rma(fw, "criteria=model::EcephysUnit", start, 2)
+        assert [r["id"] for r in env["msg"]] == units[:2]
+        assert env["start_row"] == start and env["total_rows"] == 10**9
+    fw.set_faults([{"kind": "rma_repeat_page", "total_rows": 40, "match": "EcephysUnit"}])
+    assert rma(fw, "criteria=model::EcephysUnit", 2, 2)["total_rows"] == 40
+
+
+def test_fault_rma_row_sets_and_drops_nested_keys(fw):
+    query = "criteria=model::EcephysSession,rma::include,specimen(donor(age))"
+    clean = rma(fw, query)["msg"]
+    assert clean[1]["specimen"]["donor"]["age"]
+    fw.set_faults(
+        [{"kind": "rma_row", "index": 1, "set": {"id": "../../etc", "specimen.donor.sex": None},
+          "drop": ["specimen.donor.age", "no.such.key"], "match": "EcephysSession"}]
+    )  # fmt: skip
+    rows = rma(fw, query)["msg"]
+    assert rows[0] == clean[0]
+    assert rows[1]["id"] == "../../etc" and rows[1]["specimen"]["donor"]["sex"] is None
+    assert "age" not in rows[1]["specimen"]["donor"]
+    assert {k: v for k, v in rows[1].items() if k not in ("id", "specimen")} == {
+        k: v for k, v in clean[1].items() if k not in ("id", "specimen")
+    }
+    fw.set_faults([{"kind": "rma_row", "index": 99, "drop": ["id"]}])  # past the page: no-op
+    assert rma(fw, query)["msg"] == clean
+    for bad in ({"set": ["id"]}, {"drop": "id"}, {"index": -1}, {"index": True}):
+        with pytest.raises(ValueError, match="rma_row"):
+            validate_faults([{"kind": "rma_row", **bad}])
+    with pytest.raises(ValueError, match="total_rows"):
+        validate_faults([{"kind": "rma_total_rows", "total_rows": 1.5}])
+
+
 def test_faults_over_http_control_routes(fw):
     r = requests.post(fw.url + "/_fake/faults", json=[{"kind": "status", "code": 502}], timeout=T)
     assert r.status_code == 200 and r.json()["faults"][0]["kind"] == "status"

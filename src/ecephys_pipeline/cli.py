@@ -117,9 +117,13 @@ def _plan_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _plan_run(args: argparse.Namespace) -> int:
+    import requests
+
     from .download import DownloadError
     from .plan import check_space, load_workflow_config, plan_from_config
+    from .rma import RmaError
     from .selection import SelectionError, SpecError
+    from .sources import SourceError
 
     try:
         config = load_workflow_config(args.configfile)
@@ -127,6 +131,9 @@ def _plan_run(args: argparse.Namespace) -> int:
             chosen, the_plan = plan_from_config(config)
     except (SpecError, SelectionError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (RmaError, SourceError, DownloadError, requests.RequestException) as e:
+        print(f"error: {e}", file=sys.stderr)  # the source is unreachable or misbehaves
         return 2
     for session in chosen["sessions"]:
         names = ", ".join(

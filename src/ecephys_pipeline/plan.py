@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import atomic, download, layout, metadata, sources
+from . import atomic, download, layout, metadata, rma, sources
 
 
 @dataclass
@@ -162,12 +162,15 @@ def plan_from_config(config: dict) -> tuple[dict, Plan]:
     from . import selection
 
     source = sources.Source.from_config(config)
+    policy = rma.RetryPolicy.from_config(config)  # download.read_timeout_s, download.max_attempts
     cache_dir = Path(config["cache_dir"])
     tables = {}
     for table in layout.TABLES:
         path = cache_dir / layout.table_path(table)
         tables[table] = (
-            metadata.read_table(path) if path.exists() else sources.fetch_table(source, table)
+            metadata.read_table(path)
+            if path.exists()
+            else sources.fetch_table(source, table, policy=policy)
         )
     spec = selection.load_spec(config["selection"])
     chosen = selection.resolve(spec, tables).to_dict()

@@ -69,12 +69,7 @@ SUPPRESS_FROM_PROBES = (
     "lfp_temporal_subsampling_factor",
 )
 
-_REQUIRED_COLUMNS = {
-    "sessions": ("session_type",),
-    "probes": ("ecephys_session_id", "name"),
-    "channels": ("ecephys_probe_id", "ecephys_structure_acronym"),
-    "units": ("ecephys_channel_id", "amplitude_cutoff", "presence_ratio", "isi_violations"),
-}
+_REQUIRED_COLUMNS = metadata.REQUIRED_COLUMNS
 
 
 def _find_schema() -> Path:

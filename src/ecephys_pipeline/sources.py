@@ -8,13 +8,11 @@ All three give the same files under the same relative paths (AllenSDK's cache la
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import pandas as pd
-import requests
 
 from . import layout, metadata, rma
 
@@ -58,33 +56,30 @@ def s3_url(base_url: str, key: str) -> str:
 
 
 def fetch_table(source: Source, table: str, *, policy: rma.RetryPolicy | None = None):
-    """One of the four metadata tables as AllenSDK's cache holds it."""
+    """One of the four metadata tables as AllenSDK's cache holds it, checked
+    (:func:`metadata.check_table`). Requests are retried per ``policy``
+    (:meth:`rma.RetryPolicy.from_config` gives the config's)."""
     if table not in layout.TABLES:
         raise SourceError(f"unknown table {table!r}; expected one of {', '.join(layout.TABLES)}")
+    policy = policy or rma.RetryPolicy()
     if source.kind == "warehouse":
         return metadata.fetch_table(table, source.url, policy=policy)
     if source.kind == "local":
         path = Path(source.url) / layout.table_path(table)
         if not path.exists():
             raise SourceError(f"{path} does not exist: source.url must be an AllenSDK cache dir")
-        return metadata.read_table(path)
-    policy = policy or rma.RetryPolicy()
+        fix = f"source.url ({source.url}) must be an AllenSDK cache directory of this dataset"
+        return metadata.read_table(path, fix=fix)
     url = s3_url(source.url, layout.table_path(table))
-    last = None
-    for attempt in range(policy.attempts):
-        try:
-            response = requests.get(url, timeout=(policy.connect_timeout, policy.read_timeout))
-        except requests.RequestException as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        else:
-            if response.status_code == 200:
-                return pd.read_csv(io.BytesIO(response.content), index_col="id")
-            last = f"HTTP {response.status_code}"
-            if response.status_code < 500 and response.status_code not in (408, 429):
-                break
-        if attempt + 1 < policy.attempts:
-            policy.sleep(attempt)
-    raise SourceError(f"could not fetch {url}: {last}")
+
+    def csv_table(reply: rma.Reply) -> pd.DataFrame:
+        if reply.status != 200:
+            hint = " (no such file in the bucket: check source.url)" if reply.status == 404 else ""
+            raise SourceError(f"could not fetch {url}: HTTP {reply.status}{hint}")
+        where = f"the source's {table} table ({url})"
+        return metadata.parse_table_csv(reply.content, table, where=where, fix=metadata.SOURCE_FIX)
+
+    return rma.get_with_retries(url, csv_table, policy=policy, error=SourceError, what="fetching")
 
 
 def nwb_url(

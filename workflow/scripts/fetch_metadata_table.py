@@ -1,6 +1,15 @@
-from ecephys_pipeline import logs, metadata, sources
+import sys
+
+from ecephys_pipeline import logs, metadata, rma, sources
 
 logs.to_file(snakemake.log[0])
-source = sources.Source.from_config(snakemake.params.source)
-table = sources.fetch_table(source, snakemake.wildcards.table)
+try:
+    table = sources.fetch_table(
+        sources.Source.from_config(snakemake.params.source),
+        snakemake.wildcards.table,
+        # the config's download.read_timeout_s and download.max_attempts
+        policy=rma.RetryPolicy.from_config(snakemake.config),
+    )
+except (sources.SourceError, rma.RmaError, metadata.MetadataError) as e:
+    sys.exit(f"error: {e}")
 metadata.write_table_csv(table, snakemake.output.table)

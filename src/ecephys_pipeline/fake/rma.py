@@ -785,14 +785,18 @@ def error_envelope(msg: str) -> dict:
     return {"success": False, "id": 0, "start_row": 0, "num_rows": 0, "total_rows": 0, "msg": msg}
 
 
-def run(store: Store, criteria: str, params: dict[str, str] | None = None) -> dict:
-    """Answer one RMA request: the JSON envelope (``success`` false on any error)."""
+def run(
+    store: Store, criteria: str, params: dict[str, str] | None = None, *, start_row=None
+) -> dict:
+    """Answer one RMA request: the JSON envelope (``success`` false on any error).
+
+    ``start_row`` overrides the request's (the ``rma_repeat_page`` fault)."""
     try:
         q = parse_query(criteria)
         for key in ("start_row", "num_rows", "order"):  # URL parameters; clauses take precedence
             if params and key in params and key not in q.options:
                 q.options[key] = params[key]
-        start = _int_option(q, "start_row", 0)
+        start = _int_option(q, "start_row", 0) if start_row is None else start_row
         count = min(_int_option(q, "num_rows", DEFAULT_NUM_ROWS), MAX_NUM_ROWS)
         rows = Engine(store).execute(q)
     except RmaError as exc:

@@ -34,6 +34,7 @@ percent-decoded; empty matches everything); ``times`` counts down each time the 
 from __future__ import annotations
 
 import base64
+import copy
 import ipaddress
 import json
 import socket
@@ -76,11 +77,17 @@ FAULT_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "no_validators": ((), ()),  # omit ETag and Last-Modified
     "rma_error": ((), ("msg",)),  # RMA envelope success:false
     "rma_zero_rows": ((), ()),  # RMA envelope num_rows:0 with total_rows>0 (AllenSDK loops)
+    "rma_total_rows": (("total_rows",), ()),  # the envelope claims this total_rows (rows true)
+    # the first page again whatever start_row asks for, total_rows a lie (default 10**9)
+    "rma_repeat_page": ((), ("total_rows",)),
+    # change row ``index`` (default 0) of the page: ``set`` {dotted.key: value}, ``drop`` [keys]
+    "rma_row": ((), ("index", "set", "drop")),
 }
 _BODY_KINDS = {"drop_after", "stall", "short_body", "flip_byte", "bandwidth", "wrong_length"}
 _HEADER_KINDS = {"wrong_length"}  # the only body kind that also matters to HEAD
 _FILE_KINDS = {"ignore_range", "no_validators"}
-_RMA_KINDS = {"rma_error", "rma_zero_rows"}
+_RMA_KINDS = {"rma_error", "rma_zero_rows", "rma_total_rows", "rma_repeat_page", "rma_row"}
+REPEAT_PAGE_TOTAL_ROWS = 10**9  # what rma_repeat_page claims by default
 
 # HTTP status of an RMA error envelope (success: false). UNCONFIRMED for the real service;
 # AllenSDK ignores the status and reads the envelope, so only our own client can tell.
@@ -131,6 +138,14 @@ def validate_faults(faults: Any) -> list[dict]:
             raise ValueError(f"fault #{i}: body must be a string")
         if kind == "bandwidth" and f["bytes_per_second"] <= 0:
             raise ValueError(f"fault #{i}: bytes_per_second must be > 0")
+        for p in ("total_rows", "index"):
+            if p in f and not (isinstance(f[p], int) and not isinstance(f[p], bool) and f[p] >= 0):
+                raise ValueError(f"fault #{i} ({kind}): {p} must be a non-negative integer")
+        if not isinstance(f.get("set", {}), dict):
+            raise ValueError(f"fault #{i} ({kind}): set must be an object {{dotted.key: value}}")
+        drop = f.get("drop", [])
+        if not (isinstance(drop, list) and all(isinstance(k, str) and k for k in drop)):
+            raise ValueError(f"fault #{i} ({kind}): drop must be a list of dotted keys")
         times = f.get("times")
         if times is not None and not (isinstance(times, int) and times >= 0):
             raise ValueError(f"fault #{i}: times must be a non-negative integer or null")
@@ -596,9 +611,9 @@ class _Handler(BaseHTTPRequestHandler):
         env = fake_rma.run(self.fake.store, criteria, params)
         if not env["success"]:
             return self._json(RMA_ERROR_STATUS, env, extra=disposition)
-        if any(f["kind"] == "rma_zero_rows" for f in faults):
-            env = {**env, "num_rows": 0, "msg": [], "total_rows": max(env["total_rows"], 1)}
-        self._json(200, env, plan, disposition)
+        self._json(
+            200, _rma_faulted(env, faults, self.fake.store, criteria, params), plan, disposition
+        )
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -806,6 +821,44 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(200, {"ok": True})
             return self._not_allowed("GET, DELETE")
         self._simple(404, "unknown control route\n", "text/plain")
+
+
+def _rma_faulted(env: dict, faults: list[dict], store, criteria: str, params: dict) -> dict:
+    """The envelope as the RMA faults among ``faults`` mangle it."""
+    for f in faults:
+        kind = f["kind"]
+        if kind == "rma_repeat_page":
+            first = fake_rma.run(store, criteria, params, start_row=0)
+            total = f.get("total_rows", REPEAT_PAGE_TOTAL_ROWS)
+            env = {**first, "start_row": env["start_row"], "total_rows": total}
+        elif kind == "rma_total_rows":
+            env = {**env, "total_rows": f["total_rows"]}
+        elif kind == "rma_row" and f.get("index", 0) < len(env["msg"]):
+            rows = copy.deepcopy(env["msg"])
+            row = rows[f.get("index", 0)]
+            for key, value in (f.get("set") or {}).items():
+                *parents, last = key.split(".")
+                _dig(row, parents)[last] = value
+            for key in f.get("drop") or []:
+                *parents, last = key.split(".")
+                node = row
+                for k in parents:
+                    node = node.get(k) if isinstance(node, dict) else None
+                if isinstance(node, dict):
+                    node.pop(last, None)
+            env = {**env, "msg": rows}
+        elif kind == "rma_zero_rows":
+            env = {**env, "num_rows": 0, "msg": [], "total_rows": max(env["total_rows"], 1)}
+    return env
+
+
+def _dig(row: dict, keys: list[str]) -> dict:
+    """The nested mapping at ``keys``, created where missing or not a mapping."""
+    for key in keys:
+        if not isinstance(row.get(key), dict):
+            row[key] = {}
+        row = row[key]
+    return row
 
 
 def _slices(data: bytes, size: int = 256 * 1024) -> Iterator[bytes]:
