@@ -143,8 +143,8 @@ class RetryPolicy:
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date, RFC 9110
-    §10.2.3); None when absent or unreadable."""
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date, RFC 9110,
+    section 10.2.3); None when absent or unreadable."""
     value = (value or "").strip()
     if value.isdigit():
         return float(value)
