@@ -7,10 +7,8 @@ reproduce AllenSDK 2.16 ``EcephysProjectCache.get_session_table()`` / ``get_prob
 
 * every table is inner-joined up the chain units -> channels -> probes -> sessions, so a row
   whose parent is missing is not counted;
-* ``unit_count`` counts units that pass the unit filters (AllenSDK's defaults: amplitude_cutoff
-  <= 0.1, presence_ratio >= 0.95, isi_violations <= 0.5, quality == "good"; all inclusive; a
-  threshold switched off becomes +/-inf, so a unit with a NaN metric is still dropped, as in
-  AllenSDK);
+* ``unit_count`` counts units that pass the unit filters (:mod:`ecephys_pipeline.unit_filters`,
+  AllenSDK's semantics and defaults);
 * ``ecephys_structure_acronyms`` lists the structures of a session's channels in order of first
   appearance, NaN (out of brain) included.
 
@@ -40,17 +38,7 @@ import yaml
 
 from . import atomic, layout, metadata
 from .layout import TABLES
-
-#: AllenSDK's default unit filters (``allensdk.brain_observatory.ecephys.UNIT_FILTER_DEFAULTS``
-#: plus ``filter_by_validity=True`` -> ``quality == "good"``), spelled as the spec spells them.
-DEFAULT_UNIT_FILTERS: dict[str, Any] = {
-    "quality": "good",
-    "amplitude_cutoff_maximum": 0.1,
-    "presence_ratio_minimum": 0.95,
-    "isi_violations_maximum": 0.5,
-    "filter_by_validity": True,
-    "filter_out_of_brain_units": True,
-}
+from .unit_filters import DEFAULT_UNIT_FILTERS, unit_mask  # noqa: F401 - re-exported
 
 # Columns AllenSDK drops from its tables (EcephysProjectCache.SUPPRESS_FROM_*).
 SUPPRESS_FROM_SESSION_TABLE = ("has_nwb", "isi_experiment_id", "date_of_acquisition")
@@ -155,33 +143,25 @@ def check_tables(tables: Mapping[str, pd.DataFrame]) -> None:
         raise ValueError("unusable metadata tables: " + "; ".join(problems))
 
 
-def _unit_filter_value(filters: Mapping[str, Any], key: str) -> float:
-    missing = {
-        "amplitude_cutoff_maximum": np.inf,
-        "presence_ratio_minimum": -np.inf,
-        "isi_violations_maximum": np.inf,
-    }[key]
-    value = filters.get(key, DEFAULT_UNIT_FILTERS[key])
-    return missing if value is None else float(value)
-
-
 def filter_units(
     units: pd.DataFrame, unit_filters: Mapping[str, Any] | None = None
 ) -> pd.DataFrame:
-    """AllenSDK ``EcephysProjectCache._get_units`` filtering with the spec's unit_filters."""
-    uf = {**DEFAULT_UNIT_FILTERS, **(unit_filters or {})}
-    mask = (
-        (units["amplitude_cutoff"] <= _unit_filter_value(uf, "amplitude_cutoff_maximum"))
-        & (units["presence_ratio"] >= _unit_filter_value(uf, "presence_ratio_minimum"))
-        & (units["isi_violations"] <= _unit_filter_value(uf, "isi_violations_maximum"))
+    """AllenSDK ``EcephysProjectCache._get_units`` filtering with the spec's unit_filters.
+
+    ``units.csv`` lists the units of valid channels only, so the validity filter does not apply;
+    the out-of-brain filter applies only if the table has ``ecephys_structure_id`` (units.csv
+    has not), as in AllenSDK.
+    """
+    structure = units.get("ecephys_structure_id")
+    keep = unit_mask(
+        quality=units.get("quality"),
+        amplitude_cutoff=units["amplitude_cutoff"],
+        presence_ratio=units["presence_ratio"],
+        isi_violations=units["isi_violations"],
+        in_brain=None if structure is None else structure.notna(),
+        filters=unit_filters,
     )
-    if uf["quality"] is not None and "quality" in units.columns:
-        mask &= units["quality"].isin(_as_list(uf["quality"]))
-    # AllenSDK applies this only when the units table itself carries a structure id; units.csv
-    # does not, so it never changes cache-level counts (extraction applies it per NWB).
-    if uf["filter_out_of_brain_units"] and "ecephys_structure_id" in units.columns:
-        mask &= units["ecephys_structure_id"].notna()
-    return units[mask.to_numpy(dtype=bool)]
+    return units[keep]
 
 
 @dataclass(frozen=True)
