@@ -62,15 +62,25 @@ def test_config_schema_has_description_and_default_everywhere():
     walk(schema, "config")
 
 
-def test_config_readme_documents_every_key():
-    readme = (REPO / "config/README.md").read_text()
+def leaf_keys(node, prefix=""):
+    """(dotted key, schema) of every key that is not a mapping of further keys."""
+    for key, sub in node.get("properties", {}).items():
+        if sub.get("type") == "object" and "properties" in sub:
+            yield from leaf_keys(sub, f"{prefix}{key}.")
+        else:
+            yield prefix + key, sub
 
-    def keys(node, prefix=""):
-        for key, sub in node.get("properties", {}).items():
-            yield from keys(sub, f"{prefix}{key}.") if "properties" in sub else [prefix + key]
 
-    missing = [k for k in keys(C.load_schema("config")) if f"| `{k}` |" not in readme]
-    assert missing == []
+@pytest.mark.parametrize(("name", "default_column"), [("config", 1), ("selection", 2)])
+def test_readme_documents_every_key_with_the_schema_default(name, default_column):
+    rows = {}
+    for line in (REPO / "config/README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > default_column and cells[0].startswith("`"):
+            rows.setdefault(cells[0].strip("`"), cells[default_column])
+    for key, sub in leaf_keys(C.load_schema(name)):
+        assert key in rows, f"config/README.md does not document {name} key {key}"
+        assert yaml.safe_load(rows[key].strip("`")) == sub["default"], (key, rows[key])
 
 
 # ---------------------------------------------------------------------------- config errors
