@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite behind `make test`: pytest over everything, then the real-SLURM end-to-end test
-# on a single-node cluster brought up on this machine (needs root and apt; skipped otherwise).
-# The last line is the combined count of both runs.
+# on a single-node cluster brought up on this machine (needs root and apt; skipped otherwise),
+# then the wheel check (.ci/wheel-check.sh: the package as a user installs it, one line).
+# The last line is the combined count of both pytest runs; any failure fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reports=$(mktemp -d)
@@ -21,6 +22,7 @@ pytest -m "not slurm" --junitxml="$reports/main.xml" || status=$?
 if [ "$slurm" = 1 ]; then
     SLURM_JUNITXML="$reports/slurm.xml" bash .ci/slurm/run-test.sh || status=$?
 fi
+bash .ci/wheel-check.sh || status=$?
 python3 - "$reports" <<'PY'
 import sys
 import xml.etree.ElementTree as ET

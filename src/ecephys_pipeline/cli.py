@@ -119,17 +119,19 @@ def _plan_arguments(p: argparse.ArgumentParser) -> None:
 def _plan_run(args: argparse.Namespace) -> int:
     import requests
 
+    from .config import load_spec, load_workflow_config
     from .download import DownloadError
-    from .plan import check_space, load_workflow_config, plan_from_config
+    from .plan import check_space, plan_from_config
     from .rma import RmaError
-    from .selection import SelectionError, SpecError
+    from .selection import SelectionError
     from .sources import SourceError
 
     try:
         config = load_workflow_config(args.configfile)
+        load_spec(config["selection"])  # a bad spec fails before any service starts
         with args.services(config):
             chosen, the_plan = plan_from_config(config)
-    except (SpecError, SelectionError, ValueError, FileNotFoundError) as e:
+    except (SelectionError, ValueError, FileNotFoundError) as e:  # ConfigError, SpecError too
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (RmaError, SourceError, DownloadError, requests.RequestException) as e:

@@ -39,16 +39,14 @@ from .nwb import (
     open_session,
     strings_to_float,
 )
-from .selection import DEFAULT_UNIT_FILTERS
+from .unit_filters import normalise_filters, unit_mask
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DATASETS",
-    "DEFAULT_UNIT_FILTERS",
     "SCHEMAS",
     "extract_session",
-    "unit_filter_mask",
 ]
 
 META_PREFIX = "ecephys_pipeline."
@@ -224,68 +222,6 @@ SCHEMAS: dict[str, pa.Schema] = {
     "stimulus_presentations": STIMULUS_SCHEMA,
     "running_speed": RUNNING_SCHEMA,
 }
-
-# --------------------------------------------------------------------------------------------
-# unit filters (AllenSDK semantics: allensdk/brain_observatory/ecephys/__init__.py, probes.py)
-
-
-def _normalise_filters(filters: Mapping[str, Any] | None) -> dict[str, Any]:
-    if filters is None:
-        return dict(DEFAULT_UNIT_FILTERS)
-    unknown = set(filters) - set(DEFAULT_UNIT_FILTERS)
-    if unknown:
-        raise ValueError(
-            f"unknown unit filter key(s) {sorted(unknown)}; known: {sorted(DEFAULT_UNIT_FILTERS)}"
-        )
-    out = dict(DEFAULT_UNIT_FILTERS)
-    out.update(filters)
-    return out
-
-
-def unit_filter_mask(
-    *,
-    quality: np.ndarray,
-    amplitude_cutoff: np.ndarray,
-    presence_ratio: np.ndarray,
-    isi_violations: np.ndarray,
-    peak_channel_found: np.ndarray,
-    peak_channel_valid: np.ndarray,
-    peak_channel_in_brain: np.ndarray,
-    filters: Mapping[str, Any] | None = None,
-) -> np.ndarray:
-    """Boolean mask of units passing ``filters`` (defaults: AllenSDK UNIT_FILTER_DEFAULTS).
-
-    Semantics follow ``Probes.get_units_table``: a null threshold becomes ±inf, and the metric
-    comparisons are still made, so a NaN metric never passes (``NaN <= inf`` is False in pandas).
-    ``quality`` may be a string, a list of strings, or null (no quality filter).  The validity
-    and out-of-brain filters keep units whose peak channel is in the electrodes table and is
-    ``valid_data`` / has a structure acronym.
-    """
-    f = _normalise_filters(filters)
-    n = len(amplitude_cutoff)
-    m = np.ones(n, dtype=bool)
-    if f["filter_by_validity"] or f["filter_out_of_brain_units"]:
-        ok = peak_channel_found.copy()
-        if f["filter_by_validity"]:
-            ok &= peak_channel_valid
-        if f["filter_out_of_brain_units"]:
-            ok &= peak_channel_in_brain
-        m &= ok
-    q = f["quality"]
-    if q is not None:
-        allowed = [q] if isinstance(q, str) else list(q)
-        m &= np.isin(quality.astype(object), np.array(allowed, dtype=object))
-
-    def thr(key: str, missing: float) -> float:
-        v = f[key]
-        return missing if v is None else float(v)
-
-    with np.errstate(invalid="ignore"):
-        m &= amplitude_cutoff <= thr("amplitude_cutoff_maximum", math.inf)
-        m &= presence_ratio >= thr("presence_ratio_minimum", -math.inf)
-        m &= isi_violations <= thr("isi_violations_maximum", math.inf)
-    return m
-
 
 # --------------------------------------------------------------------------------------------
 # array helpers
@@ -502,21 +438,20 @@ class _UnitFrame:
             )
         self.probes = pr
 
-        self.passes_default = unit_filter_mask(**self._filter_inputs())
+        self.passes_default = self.mask(None)
 
-    def _filter_inputs(self) -> dict[str, np.ndarray]:
-        return dict(
+    def mask(self, filters: Mapping[str, Any] | None) -> np.ndarray:
+        """Units passing ``filters`` (None: AllenSDK's defaults); a unit whose peak channel is
+        not in the electrodes table fails the validity and out-of-brain filters."""
+        return unit_mask(
             quality=self.cols["quality"],
             amplitude_cutoff=self.cols["amplitude_cutoff"],
             presence_ratio=self.cols["presence_ratio"],
             isi_violations=self.cols["isi_violations"],
-            peak_channel_found=self.ch_found,
-            peak_channel_valid=self.valid,
-            peak_channel_in_brain=self.in_brain,
+            valid=self.ch_found & self.valid,
+            in_brain=self.ch_found & self.in_brain,
+            filters=filters,
         )
-
-    def mask(self, filters: Mapping[str, Any] | None) -> np.ndarray:
-        return unit_filter_mask(**self._filter_inputs(), filters=filters)
 
     def table(self, sel: np.ndarray, spike_count: np.ndarray) -> pa.Table:
         n_sel = int(sel.sum())
@@ -792,7 +727,8 @@ def extract_session(
 ) -> dict[str, Any]:
     """Extract one session NWB file to the five Parquet datasets under ``out_dir``.
 
-    ``unit_filters`` (keys of :data:`DEFAULT_UNIT_FILTERS`; null value = that filter off)
+    ``unit_filters`` (keys of :data:`ecephys_pipeline.unit_filters.DEFAULT_UNIT_FILTERS`; null
+    value = that filter off)
     restricts units, waveforms and spikes to the passing units; ``None`` writes every unit.
     ``probe_ids`` restricts to those probes (spike files are written only for them).
     ``source_sha256`` is recorded in the file metadata; computed from the file when omitted.
@@ -802,7 +738,7 @@ def extract_session(
     nwb_path = Path(nwb_path)
     out_dir = Path(out_dir)
     if unit_filters is not None:
-        unit_filters = _normalise_filters(unit_filters)
+        unit_filters = normalise_filters(unit_filters)
     with open_session(nwb_path) as s:
         if source_sha256 is None:
             source_sha256 = sha256_file(nwb_path)[1]

@@ -119,40 +119,6 @@ def check_space(plan: Plan, *, reserve_bytes: int = 1 << 30) -> None:
     )
 
 
-def _merge(base: dict, override: dict) -> dict:
-    """Snakemake's config merge: nested mappings merged key by key, the override winning."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def load_workflow_config(
-    configfile: str | Path,
-    *,
-    base: str | Path = "config/config.yaml",
-    schema: str | Path = "workflow/schemas/config.schema.yaml",
-) -> dict:
-    """The config a ``snakemake --configfile <configfile>`` run sees, validated, defaults filled."""
-    import jsonschema
-    import yaml
-
-    from .selection import fill_defaults
-
-    config = yaml.safe_load(Path(base).read_text()) or {}
-    if Path(configfile) != Path(base):
-        config = _merge(config, yaml.safe_load(Path(configfile).read_text()) or {})
-    schema_doc = yaml.safe_load(Path(schema).read_text())
-    errors = sorted(jsonschema.Draft202012Validator(schema_doc).iter_errors(config), key=str)
-    if errors:
-        where = "; ".join(f"{'.'.join(map(str, e.path)) or '<top>'}: {e.message}" for e in errors)
-        raise ValueError(f"{configfile}: invalid config: {where}")
-    return fill_defaults(config, schema_doc, schema_doc)
-
-
 def plan_from_config(config: dict) -> tuple[dict, Plan]:
     """Resolve the selection and size every file, as the workflow's checkpoint would.
 

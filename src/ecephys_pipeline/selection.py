@@ -1,33 +1,31 @@
-"""Selection spec (YAML) -> the sessions and probes to download, with per-filter counts.
+"""A validated selection spec + the metadata tables -> the sessions and probes to download.
 
-The spec language is documented in ``config/README.md`` ("Selection spec") and validated by
-``workflow/schemas/selection.schema.yaml``. The session and probe tables the filters run on
-reproduce AllenSDK 2.16 ``EcephysProjectCache.get_session_table()`` / ``get_probes()``
-(``allensdk/brain_observatory/ecephys/ecephys_project_cache.py``) from the four cache CSVs:
+The spec language is documented in ``config/README.md`` ("Selection spec"); reading and
+validating a spec is :func:`ecephys_pipeline.config.load_spec` (re-exported here, with
+:class:`SpecError`). This module resolves a spec against the tables, with the checks that need
+them (unknown session ids, session types, brain areas, probe names). The session and probe tables
+the filters run on reproduce AllenSDK 2.16 ``EcephysProjectCache.get_session_table()`` /
+``get_probes()`` (``allensdk/brain_observatory/ecephys/ecephys_project_cache.py``) from the four
+cache CSVs:
 
 * every table is inner-joined up the chain units -> channels -> probes -> sessions, so a row
   whose parent is missing is not counted;
-* ``unit_count`` counts units that pass the unit filters (AllenSDK's defaults: amplitude_cutoff
-  <= 0.1, presence_ratio >= 0.95, isi_violations <= 0.5, quality == "good"; all inclusive; a
-  threshold switched off becomes +/-inf, so a unit with a NaN metric is still dropped, as in
-  AllenSDK);
+* ``unit_count`` counts units that pass the unit filters (:mod:`ecephys_pipeline.unit_filters`,
+  AllenSDK's semantics and defaults);
 * ``ecephys_structure_acronyms`` lists the structures of a session's channels in order of first
   appearance, NaN (out of brain) included.
 
-Public API: :func:`load_tables`, :func:`session_table`, :func:`probe_table`, :func:`load_spec`,
-:func:`resolve` -> :class:`Selection` (``.to_json(path)`` writes the contract artifact, see
-``docs/architecture.md`` section 3), :class:`SpecError`, :class:`SelectionError`.
+Public API: :func:`load_tables`, :func:`session_table`, :func:`probe_table`, :func:`resolve` ->
+:class:`Selection` (``.to_json(path)`` writes the contract artifact, see ``docs/architecture.md``
+section 3), :func:`spec_sha256`, :class:`SelectionError`; :func:`load_spec`, :class:`SpecError`.
 """
 
 from __future__ import annotations
 
-import copy
-import datetime as dt
 import difflib
 import hashlib
 import json
 import math
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,21 +34,35 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from . import atomic, layout, metadata
+from . import atomic, config, layout, metadata
+from .config import SpecError, load_spec, timestamp_utc
 from .layout import TABLES
+from .unit_filters import DEFAULT_UNIT_FILTERS, unit_mask
 
-#: AllenSDK's default unit filters (``allensdk.brain_observatory.ecephys.UNIT_FILTER_DEFAULTS``
-#: plus ``filter_by_validity=True`` -> ``quality == "good"``), spelled as the spec spells them.
-DEFAULT_UNIT_FILTERS: dict[str, Any] = {
-    "quality": "good",
-    "amplitude_cutoff_maximum": 0.1,
-    "presence_ratio_minimum": 0.95,
-    "isi_violations_maximum": 0.5,
-    "filter_by_validity": True,
-    "filter_out_of_brain_units": True,
-}
+__all__ = [
+    "DEFAULT_UNIT_FILTERS",
+    "Selection",
+    "SelectionError",
+    "SpecError",
+    "check_tables",
+    "filter_units",
+    "load_schema",
+    "load_spec",
+    "load_tables",
+    "probe_table",
+    "resolve",
+    "session_table",
+    "spec_sha256",
+]
+
+
+def load_schema() -> dict:
+    """The selection spec's JSON Schema (:func:`ecephys_pipeline.config.load_schema`)."""
+    return config.load_schema("selection")
+
+
+_resolve_ref = config.resolve_ref
 
 # Columns AllenSDK drops from its tables (EcephysProjectCache.SUPPRESS_FROM_*).
 SUPPRESS_FROM_SESSION_TABLE = ("has_nwb", "isi_experiment_id", "date_of_acquisition")
@@ -70,36 +82,6 @@ SUPPRESS_FROM_PROBES = (
 )
 
 _REQUIRED_COLUMNS = metadata.REQUIRED_COLUMNS
-
-
-def _find_schema() -> Path:
-    env = os.environ.get("ECEPHYS_SELECTION_SCHEMA")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve()
-    candidates = [
-        here.parents[2] / "workflow" / "schemas" / "selection.schema.yaml",  # source tree
-        here.parent / "schemas" / "selection.schema.yaml",  # installed package data
-    ]
-    for path in candidates:
-        if path.is_file():
-            return path
-    return candidates[0]
-
-
-SCHEMA_PATH = _find_schema()
-
-
-class SpecError(ValueError):
-    """The selection spec is invalid. ``problems`` holds one message per problem."""
-
-    def __init__(self, problems: list[str], source: str | None = None):
-        self.problems = list(problems)
-        self.source = source
-        where = f" ({source})" if source else ""
-        n = len(self.problems)
-        head = f"selection spec{where} has {n} problem{'s' if n != 1 else ''}:"
-        super().__init__("\n".join([head] + [f"  - {p}" for p in self.problems]))
 
 
 class SelectionError(RuntimeError):
@@ -150,33 +132,25 @@ def check_tables(tables: Mapping[str, pd.DataFrame]) -> None:
         raise ValueError("unusable metadata tables: " + "; ".join(problems))
 
 
-def _unit_filter_value(filters: Mapping[str, Any], key: str) -> float:
-    missing = {
-        "amplitude_cutoff_maximum": np.inf,
-        "presence_ratio_minimum": -np.inf,
-        "isi_violations_maximum": np.inf,
-    }[key]
-    value = filters.get(key, DEFAULT_UNIT_FILTERS[key])
-    return missing if value is None else float(value)
-
-
 def filter_units(
     units: pd.DataFrame, unit_filters: Mapping[str, Any] | None = None
 ) -> pd.DataFrame:
-    """AllenSDK ``EcephysProjectCache._get_units`` filtering with the spec's unit_filters."""
-    uf = {**DEFAULT_UNIT_FILTERS, **(unit_filters or {})}
-    mask = (
-        (units["amplitude_cutoff"] <= _unit_filter_value(uf, "amplitude_cutoff_maximum"))
-        & (units["presence_ratio"] >= _unit_filter_value(uf, "presence_ratio_minimum"))
-        & (units["isi_violations"] <= _unit_filter_value(uf, "isi_violations_maximum"))
+    """AllenSDK ``EcephysProjectCache._get_units`` filtering with the spec's unit_filters.
+
+    ``units.csv`` lists the units of valid channels only, so the validity filter does not apply;
+    the out-of-brain filter applies only if the table has ``ecephys_structure_id`` (units.csv
+    has not), as in AllenSDK.
+    """
+    structure = units.get("ecephys_structure_id")
+    keep = unit_mask(
+        quality=units.get("quality"),
+        amplitude_cutoff=units["amplitude_cutoff"],
+        presence_ratio=units["presence_ratio"],
+        isi_violations=units["isi_violations"],
+        in_brain=None if structure is None else structure.notna(),
+        filters=unit_filters,
     )
-    if uf["quality"] is not None and "quality" in units.columns:
-        mask &= units["quality"].isin(_as_list(uf["quality"]))
-    # AllenSDK applies this only when the units table itself carries a structure id; units.csv
-    # does not, so it never changes cache-level counts (extraction applies it per NWB).
-    if uf["filter_out_of_brain_units"] and "ecephys_structure_id" in units.columns:
-        mask &= units["ecephys_structure_id"].notna()
-    return units[mask.to_numpy(dtype=bool)]
+    return units[keep]
 
 
 @dataclass(frozen=True)
@@ -263,234 +237,7 @@ def probe_table(
     return probes.drop(columns=list(SUPPRESS_FROM_PROBES), errors="ignore")
 
 
-# --------------------------------------------------------------------------- spec loading
-
-
-def load_schema() -> dict:
-    with open(SCHEMA_PATH, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
-
-
-def _resolve_ref(schema: dict, root: dict) -> dict:
-    """Merge a ``$ref``'d definition with the sibling keywords of the referring schema."""
-    ref = schema.get("$ref")
-    if not ref:
-        return schema
-    target: Any = root
-    for part in ref.removeprefix("#/").split("/"):
-        target = target[part]
-    merged = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
-    return merged
-
-
-def fill_defaults(value: Any, schema: dict, root: dict) -> Any:
-    schema = _resolve_ref(schema, root)
-    if not isinstance(value, dict) or "properties" not in schema:
-        return value
-    out = dict(value)
-    for key, sub in schema["properties"].items():
-        sub_r = _resolve_ref(sub, root)
-        if key not in out and "default" in sub_r:
-            out[key] = copy.deepcopy(sub_r["default"])
-        if key in out:
-            out[key] = fill_defaults(out[key], sub_r, root)
-    return out
-
-
-def _plain(value: Any) -> Any:
-    """YAML dates -> ISO strings, tuples -> lists (so the spec is JSON)."""
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(k) if not isinstance(k, str) else k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _loc(path) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "mapping"
-    return type(value).__name__
-
-
-_TYPE_WORDS = {
-    "object": "a mapping",
-    "array": "a list",
-    "string": "a string",
-    "number": "a number",
-    "integer": "an integer",
-    "boolean": "true/false",
-    "null": "null",
-}
-
-
-def _schema_errors(spec: dict, schema: dict) -> list[str]:
-    from jsonschema import Draft202012Validator
-
-    validator = Draft202012Validator(schema)
-    problems: list[str] = []
-    errors = sorted(validator.iter_errors(spec), key=lambda e: (list(e.absolute_path), e.message))
-    for err in errors:
-        loc = _loc(err.absolute_path)
-        sub = _resolve_ref(err.schema, schema) if isinstance(err.schema, dict) else {}
-        desc = sub.get("description", "")
-        if err.validator == "additionalProperties":
-            allowed = sorted(sub.get("properties", {}))
-            extra = sorted(set(err.instance) - set(allowed))
-            where = "at the top level" if not err.absolute_path else f"under '{loc}'"
-            for key in extra:
-                close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                problems.append(
-                    f"unknown key '{key}' {where}{hint} (valid keys: {', '.join(allowed)})"
-                )
-        elif err.validator == "type":
-            types = (
-                err.validator_value
-                if isinstance(err.validator_value, list)
-                else [err.validator_value]
-            )
-            words = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
-            allowed = ""
-            if "enum" in sub:
-                allowed = f"; allowed values: {', '.join(map(str, sub['enum']))}"
-            what = f" ({desc.strip()})" if desc else ""
-            problems.append(
-                f"'{loc}' must be {words}, got {_type_name(err.instance)} "
-                f"{json.dumps(err.instance, default=str)}{allowed}{what}"
-            )
-        elif err.validator == "enum":
-            close = difflib.get_close_matches(str(err.instance), map(str, err.validator_value), 1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            problems.append(
-                f"'{loc}' is {json.dumps(err.instance)}, not an allowed value{hint} "
-                f"(allowed: {', '.join(map(str, err.validator_value))})"
-            )
-        elif err.validator in ("minimum", "exclusiveMinimum"):
-            problems.append(f"'{loc}' must be >= {err.validator_value}, got {err.instance}")
-        elif err.validator == "minItems":
-            problems.append(
-                f"'{loc}' must not be an empty list (use null, or leave the key out, for 'any')"
-            )
-        elif err.validator == "uniqueItems":
-            problems.append(f"'{loc}' lists the same value more than once: {err.instance}")
-        elif err.validator == "minLength":
-            problems.append(f"'{loc}' must not be an empty string")
-        else:  # pragma: no cover - every keyword the schema uses is handled above
-            problems.append(f"'{loc}': {err.message}")
-    return problems
-
-
-def _semantic_errors(spec: dict) -> list[str]:
-    """Checks the schema cannot express (they need no metadata tables)."""
-    problems = []
-    for key in ("age_in_days", "unit_count", "channel_count", "probe_count"):
-        r = spec.get(key)
-        if not isinstance(r, dict):
-            continue
-        lo = [(k, r[k]) for k in ("min", "gt") if r.get(k) is not None]
-        hi = [(k, r[k]) for k in ("max", "lt") if r.get(k) is not None]
-        if not lo and not hi:
-            problems.append(f"'{key}' gives no bound; set min/max/gt/lt, or use null for 'any'")
-        for lk, lv in lo:
-            for hk, hv in hi:
-                if lv > hv or (lv == hv and (lk == "gt" or hk == "lt")):
-                    problems.append(f"'{key}' can never match: {lk} {lv} and {hk} {hv}")
-    pub = spec.get("published_at")
-    bounds = {"": pub} if isinstance(pub, str) else (pub or {})
-    parsed = {}
-    for k, v in bounds.items():
-        if v is None:
-            continue
-        try:
-            parsed[k] = pd.Timestamp(v)
-        except (ValueError, TypeError):
-            name = f"published_at.{k}" if k else "published_at"
-            problems.append(
-                f"'{name}' is {v!r}, not an ISO 8601 date or timestamp "
-                "(e.g. 2019-10-03 or 2019-10-03T00:00:00Z)"
-            )
-    if isinstance(pub, dict) and not any(v is not None for v in pub.values()):
-        problems.append("'published_at' gives no bound; set min/max, or use null for 'any'")
-    if "min" in parsed and "max" in parsed and _utc(parsed["min"]) > _utc(parsed["max"]):
-        problems.append(f"'published_at' can never match: min {pub['min']} > max {pub['max']}")
-    for key in ("sex", "genotype"):
-        f = spec.get(key)
-        if isinstance(f, dict):
-            if all(f.get(k) is None for k in ("equals", "contains", "matches")):
-                problems.append(
-                    f"'{key}' gives no condition; set equals/contains/matches, or use null"
-                )
-            if f.get("matches") is not None:
-                try:
-                    re.compile(f["matches"])
-                except re.error as exc:
-                    problems.append(f"'{key}.matches' is not a valid regular expression: {exc}")
-    ids = spec.get("session_ids") or {}
-    both = sorted(set(ids.get("include") or []) & set(ids.get("exclude") or []))
-    if both:
-        problems.append(f"session ids {both} are both included and excluded in 'session_ids'")
-    return problems
-
-
-def load_spec(spec: str | Path | Mapping[str, Any] | None, *, source: str | None = None) -> dict:
-    """Read (a path to YAML, or a dict), validate, and fill in defaults from the schema.
-
-    Raises :class:`SpecError` listing every problem at once.
-    """
-    if spec is None:
-        spec = {}
-    if isinstance(spec, str | Path):
-        path = Path(spec)
-        source = source or str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise SpecError([f"file {path} does not exist"], source) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise SpecError([f"not valid YAML: {exc}"], source) from None
-        if data is None:
-            data = {}
-    else:
-        data = spec
-    if not isinstance(data, Mapping):
-        raise SpecError(
-            [f"the spec must be a mapping of keys to values, got {_type_name(data)}"], source
-        )
-    data = _plain(data)
-    schema = load_schema()
-    problems = _schema_errors(data, schema)
-    if problems:
-        raise SpecError(problems, source)
-    filled = fill_defaults(data, schema, schema)
-    problems = _semantic_errors(filled)
-    if problems:
-        raise SpecError(problems, source)
-    return filled
+# --------------------------------------------------------------------------- the spec's hash
 
 
 def canonical_json(spec: Mapping[str, Any]) -> str:
@@ -503,10 +250,6 @@ def spec_sha256(spec: Mapping[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- resolution
-
-
-def _utc(ts: pd.Timestamp) -> pd.Timestamp:
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def _as_list(value) -> list:
@@ -750,13 +493,13 @@ def resolve(spec: Mapping[str, Any] | str | Path, tables: Mapping[str, pd.DataFr
         pub = pd.to_datetime(cur["published_at"], utc=True, errors="coerce")
         p = spec["published_at"]
         if isinstance(p, str):
-            mask = pub == _utc(pd.Timestamp(p))
+            mask = pub == timestamp_utc(p)
         else:
             mask = pd.Series(True, index=cur.index)
             if p.get("min") is not None:
-                mask &= pub >= _utc(pd.Timestamp(p["min"]))
+                mask &= pub >= timestamp_utc(p["min"])
             if p.get("max") is not None:
-                mask &= pub <= _utc(pd.Timestamp(p["max"]))
+                mask &= pub <= timestamp_utc(p["max"])
         step("published_at", mask.fillna(False))
     for key in ("unit_count", "channel_count", "probe_count"):
         if spec[key] is not None:

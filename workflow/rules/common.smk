@@ -1,10 +1,9 @@
 import json
 
-from ecephys_pipeline import layout, selection
+from ecephys_pipeline import layout
 from ecephys_pipeline.fake import demo
 
 CACHE = config["cache_dir"]
-SPEC = selection.load_spec(config["selection"])
 
 
 wildcard_constraints:
