@@ -13,6 +13,7 @@ import yaml
 
 import workflow_helpers as helpers
 from ecephys_pipeline import config as C
+from ecephys_pipeline.layout import TABLES
 
 REPO = Path(__file__).resolve().parents[1]
 VALID_TOP_KEYS = "cache_dir, demo, download, download_on_submit_host, lock_file, selection, source"
@@ -250,3 +251,102 @@ def test_snakemake_stops_on_a_bad_config_or_spec_with_one_line(tmp_path):
 
     proc = snakemake_dry_run(workdir, "--configfile", "config/demo.yaml")
     assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------ hostile input (issue 12 items 8, 9, 10)
+
+
+def spec_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def spec_error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(C.SpecError) as err:
+        C.load_spec(spec_file(tmp_path, text))
+    return str(err.value)
+
+
+@pytest.mark.parametrize("text", ["", "# nothing but a comment\n", "fetch_lfp: true\n"])
+def test_a_spec_file_that_narrows_nothing_is_refused(tmp_path, text):
+    message = spec_error(tmp_path, text)
+    assert "would select the whole dataset" in message and "'all: true'" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_all_true_selects_everything_and_excludes_filters(tmp_path):
+    assert C.load_spec(spec_file(tmp_path, "all: true\nfetch_lfp: true\n"))["all"] is True
+    message = spec_error(tmp_path, "all: true\nlimit: 2\n")
+    assert "'all: true' selects every session, but the spec also narrows it with limit" in message
+    assert C.load_spec({})["limit"] is None, "a mapping in code is taken as it is"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "limit: 2\nunit_filters: {amplitude_cutoff_maximum: .nan}\n",
+            "'unit_filters.amplitude_cutoff_maximum' is nan, not a number; use null",
+        ),
+        (
+            "limit: 2\nunit_filters: {isi_violations_maximum: .inf}\n",
+            "'unit_filters.isi_violations_maximum' is inf, not a number",
+        ),
+        (
+            "limit: 2\nunit_filters: {presence_ratio_minimum: 5}\n",
+            "'unit_filters.presence_ratio_minimum' must be <= 1, got 5",
+        ),
+        ("limit: 1.0\n", "'limit' must be an integer or null, got number 1.0"),
+    ],
+)
+def test_numbers_a_filter_cannot_mean_are_refused(tmp_path, text, expected):
+    assert expected in spec_error(tmp_path, text)
+
+
+def test_an_unknown_quality_label_is_refused_against_the_units_table(tmp_path):
+    from ecephys_pipeline import selection, synth
+
+    dataset = synth.make_dataset(tmp_path / "ds", seed=0, sessions=2, files="lazy")
+    tables = {t: selection.metadata.read_table(dataset / "s3" / f"{t}.csv") for t in TABLES}
+    spec = spec_file(tmp_path, "limit: 2\nunit_filters: {quality: goood}\n")
+    with pytest.raises(C.SpecError) as err:
+        selection.resolve(spec, tables)
+    assert "unknown unit quality label 'goood' in 'unit_filters.quality'" in str(err.value)
+    assert "did you mean 'good'?" in str(err.value)
+
+
+def test_filters_that_remove_every_unit_say_so(tmp_path, caplog):
+    from ecephys_pipeline import selection, synth
+
+    dataset = synth.make_dataset(tmp_path / "ds", seed=0, sessions=2, files="lazy")
+    tables = {t: selection.metadata.read_table(dataset / "s3" / f"{t}.csv") for t in TABLES}
+    spec = spec_file(tmp_path, "limit: 2\nunit_filters: {amplitude_cutoff_maximum: 0}\n")
+    with caplog.at_level("WARNING", logger="ecephys_pipeline.selection"):
+        chosen = selection.resolve(spec, tables)
+    assert len(chosen.session_ids) == 2
+    assert "the unit filters leave no unit in 2 of the 2 selected session(s)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('""', "'cache_dir' must not be an empty string"),
+        ("resources/{x}", "'cache_dir' is \"resources/{x}\": it holds a brace; Snakemake reads"),
+    ],
+)
+def test_cache_dir_is_a_usable_path(workdir, value, expected):
+    bad = demo_with(workdir, "cache_dir: resources/allen_cache", f"cache_dir: {value}")
+    with pytest.raises(C.ConfigError) as err:
+        C.load_workflow_config(bad)
+    assert f"config (config/bad.yaml): {expected}" in str(err.value)
+
+
+def test_snakemake_refuses_an_empty_spec_in_one_line(tmp_path):
+    workdir = helpers.copy_workflow(tmp_path / "wf")
+    (workdir / "config/spec.yaml").write_text("")
+    args = ("--configfile", "config/demo.yaml", "--config", "selection=config/spec.yaml")
+    proc = snakemake_dry_run(workdir, *args)
+    assert proc.returncode == 1
+    assert "error: selection spec (config/spec.yaml): the spec names no filter" in proc.stderr
+    assert "Traceback" not in proc.stderr and 'File "' not in proc.stderr

@@ -20,7 +20,7 @@ NO_LFP_PROBES = {773463023, 832810584, 846401828, 846401830, 846401834, 84640183
 @pytest.fixture(scope="module")
 def realistic(tmp_path_factory):
     workdir = helpers.copy_workflow(tmp_path_factory.mktemp("realistic"))
-    (workdir / "config/all.yaml").write_text("fetch_lfp: true\n")
+    (workdir / "config/all.yaml").write_text("all: true\nfetch_lfp: true\n")
     config = yaml.safe_load((workdir / "config/demo.yaml").read_text())
     config["demo"]["realistic"] = True
     config["selection"] = "config/all.yaml"

@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles")
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 ALL_UNITS_SPEC = (
+    "all: true\n"
     "unit_filters:\n  quality: null\n  amplitude_cutoff_maximum: null\n"
     "  presence_ratio_minimum: null\n  isi_violations_maximum: null\n"
     "  filter_by_validity: false\n  filter_out_of_brain_units: false\n"

@@ -20,6 +20,7 @@ import datetime as dt
 import difflib
 import functools
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
@@ -190,6 +191,17 @@ def _plain(value: Any) -> Any:
 # ------------------------------------------------------------------------------ schema problems
 
 
+def _non_finite(data: Any, path: tuple = ()) -> list[str]:
+    """NaN and infinity are not values a filter or a setting can mean (YAML's .nan, .inf)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return [f"'{_loc(path)}' is {data}, not a number; use null to switch it off"]
+    if isinstance(data, Mapping):
+        return [p for k, v in data.items() for p in _non_finite(v, (*path, k))]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in _non_finite(v, (*path, i))]
+    return []
+
+
 def _loc(path: Iterable) -> str:
     out = ""
     for part in path:
@@ -228,9 +240,15 @@ _TYPE_WORDS = {
 
 def _schema_problems(data: Any, schema: dict) -> list[tuple[tuple, str]]:
     """(key path, one-line message) for every way ``data`` breaks ``schema``."""
-    from jsonschema import Draft202012Validator
+    from jsonschema import Draft202012Validator, validators
 
-    validator = Draft202012Validator(schema)
+    # JSON Schema counts 1.0 as an integer; the code behind an integer key (a count, a limit)
+    # does not, so a float is refused here with the key's name instead of failing later.
+    checker = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    strict = validators.extend(Draft202012Validator, type_checker=checker)
+    validator = strict(schema)
     out: list[tuple[tuple, str]] = []
     errors = sorted(validator.iter_errors(data), key=lambda e: (list(e.absolute_path), e.message))
     for err in errors:
@@ -294,6 +312,9 @@ def _schema_problems(data: Any, schema: dict) -> list[tuple[tuple, str]]:
             out.append((path, f"'{loc}' lists the same value more than once: {err.instance}"))
         elif err.validator == "minLength":
             out.append((path, f"'{loc}' must not be an empty string"))
+        elif err.validator == "pattern":
+            rule = " ".join(sub.get("x-pattern-says", f"must match {err.validator_value}").split())
+            out.append((path, f"'{loc}' is {json.dumps(err.instance)}: it {rule}"))
         elif err.validator == "required":
             missing = [k for k in err.validator_value if k not in err.instance]
             props = sub.get("properties", {})
@@ -309,7 +330,7 @@ def _schema_problems(data: Any, schema: dict) -> list[tuple[tuple, str]]:
 
 def schema_problems(data: Any, schema: dict) -> list[str]:
     """One line per way ``data`` breaks ``schema`` (empty: valid)."""
-    return [message for _path, message in _schema_problems(data, schema)]
+    return _non_finite(data) + [message for _path, message in _schema_problems(data, schema)]
 
 
 # ----------------------------------------------------------------------------- selection spec
@@ -375,11 +396,35 @@ def _spec_semantic_problems(spec: dict) -> list[str]:
     return problems
 
 
+#: Top-level spec keys that do not narrow the set of sessions.
+NOT_NARROWING = frozenset({"all", "fetch_lfp", "unit_filters", "order_by"})
+
+
+def _whole_dataset_problems(data: Mapping[str, Any]) -> list[str]:
+    """A spec file must say which sessions it wants: the whole dataset only with ``all: true``."""
+    narrowing = sorted(k for k, v in data.items() if k not in NOT_NARROWING and v is not None)
+    if data.get("all") and narrowing:
+        return [
+            f"'all: true' selects every session, but the spec also narrows it with "
+            f"{', '.join(narrowing)}; remove one or the other"
+        ]
+    if not data.get("all") and not narrowing:
+        return [
+            "the spec names no filter, session id or limit, so it would select the whole "
+            "dataset (58 sessions, ~147 GB of session files, ~855 GB with LFP); write "
+            "'all: true' to mean that, or add a filter (e.g. 'limit: 2')"
+        ]
+    return []
+
+
 def load_spec(spec: str | Path | Mapping[str, Any] | None, *, source: str | None = None) -> dict:
     """Read (a path to YAML, or a dict), validate, and fill in defaults from the schema.
 
-    Raises :class:`SpecError` listing every problem at once.
+    A spec read from a file must narrow the selection or say ``all: true`` (an empty file does
+    not silently mean 855 GB); a mapping passed in code is taken as it is. Raises
+    :class:`SpecError` listing every problem at once.
     """
+    from_file = isinstance(spec, str | Path)
     if spec is None:
         spec = {}
     if isinstance(spec, str | Path):
@@ -396,6 +441,8 @@ def load_spec(spec: str | Path | Mapping[str, Any] | None, *, source: str | None
     data = _plain(data)
     schema = _schema("selection")
     problems = schema_problems(data, schema)
+    if from_file and not problems:
+        problems = _whole_dataset_problems(data)
     if problems:
         raise SpecError(problems, source)
     filled = fill_defaults(data, schema, schema)
@@ -455,7 +502,7 @@ def check_config(
         raise ConfigError([f"the config must be a mapping, got {_type_name(config)}"])
     data = _plain(config)
     schema = _schema("config")
-    found = _schema_problems(data, schema)
+    found = [((), message) for message in _non_finite(data)] + _schema_problems(data, schema)
     if found:
         layers = {**loaded, "--config": command_line or {}}
         blamed = set()

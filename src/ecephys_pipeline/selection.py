@@ -25,6 +25,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import math
 import re
 from collections.abc import Mapping
@@ -39,6 +40,8 @@ from . import atomic, config, layout, metadata
 from .config import SpecError, load_spec, timestamp_utc
 from .layout import TABLES
 from .unit_filters import DEFAULT_UNIT_FILTERS, unit_mask
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_UNIT_FILTERS",
@@ -316,7 +319,9 @@ def _unknown(kind: str, where: str, given, known, *, hint_source: str) -> list[s
     return out
 
 
-def _check_against_tables(spec: dict, st: pd.DataFrame, probes: pd.DataFrame) -> list[str]:
+def _check_against_tables(
+    spec: dict, st: pd.DataFrame, probes: pd.DataFrame, units: pd.DataFrame
+) -> list[str]:
     problems = []
     ids = spec["session_ids"]
     for key in ("include", "exclude"):
@@ -362,6 +367,15 @@ def _check_against_tables(spec: dict, st: pd.DataFrame, probes: pd.DataFrame) ->
             spec["probes"]["names"],
             probes["name"].dropna().unique(),
             hint_source="the probes table",
+        )
+    quality = spec["unit_filters"].get("quality")
+    if quality is not None and "quality" in units:
+        problems += _unknown(
+            "unit quality label",
+            "unit_filters.quality",
+            _as_list(quality),
+            units["quality"].dropna().unique(),
+            hint_source="the units table (column quality)",
         )
     return problems
 
@@ -430,7 +444,12 @@ class Selection:
 
     def to_json(self, path: str | Path) -> Path:
         """Write the contract artifact (sorted keys, 2-space indent, trailing newline)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+        text = (
+            json.dumps(
+                self.to_dict(), sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False
+            )
+            + "\n"
+        )
         return atomic.write_text(path, text)
 
 
@@ -462,7 +481,7 @@ def resolve(spec: Mapping[str, Any] | str | Path, tables: Mapping[str, pd.DataFr
     check_tables(tables)
     st = session_table(tables, spec["unit_filters"])
     pt = probe_table(tables, spec["unit_filters"])
-    problems = _check_against_tables(spec, st, pt)
+    problems = _check_against_tables(spec, st, pt, tables["units"])
     if problems:
         raise SpecError(problems)
 
@@ -540,6 +559,16 @@ def resolve(spec: Mapping[str, Any] | str | Path, tables: Mapping[str, pd.DataFr
     if len(cur) == 0:
         raise SelectionError(_nothing_message(counts), counts)
     probes = probes[probes["ecephys_session_id"].isin(cur.index)]
+    empty = cur.index[cur["unit_count"] == 0].tolist() if "unit_count" in cur else []
+    if empty:
+        log.warning(
+            "the unit filters leave no unit in %d of the %d selected session(s) (%s): their "
+            "files are downloaded but their units table will be empty; loosen unit_filters if "
+            "that is not intended",
+            len(empty),
+            len(cur),
+            ", ".join(map(str, empty)),
+        )
     return Selection(
         spec=spec, sessions=cur.sort_index(), probes=probes.sort_index(), counts=counts
     )
