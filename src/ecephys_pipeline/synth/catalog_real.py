@@ -17,28 +17,33 @@ PUBLISHED_AT = "2019-10-03T00:00:00Z"  # CONFIRMED (W§2.1 example row, W§5)
 BO = "brain_observatory_1.1"
 FC = "functional_connectivity"
 
-# CONFIRMED: the 21 session ids named in W§5.
+# CONFIRMED: the 21 session ids W§5 names in examples and tests (a subset of the 58 below).
 KNOWN_SESSION_IDS: tuple[int, ...] = (
     715093703, 719161530, 721123822, 732592105, 737581020, 746083955, 751348571, 755434585,
-    756029989, 759228117, 760693773, 763673393, 773418906, 774875821, 779839471, 791319847,
+    756029989, 759883607, 760693773, 763673393, 773418906, 774875821, 779839471, 791319847,
     797828357, 798911424, 799864342, 831882777, 839557629,
 )  # fmt: skip
 
-# The 58 session ids in session-table order (ascending id). The 21 known ids above are CONFIRMED;
-# the other 37 are UNCONFIRMED (recalled from the public session table, not re-checked). Two
-# independent checks agree with this list: it has exactly 58 ids, the five WKF-known sessions are
-# the first five, and 791319847 lands at position 42, which is where its NWB WellKnownFile id
-# 1026124645 sits in the W§5 table-order list.
-SESSION_IDS: tuple[int, ...] = (
+# CONFIRMED (W§5): the 58 session ids of the release, by session type, as three independent
+# public analysis codebases list them (two of them split by type). 759228117, listed here before,
+# is not a session: it appears only in AllenSDK's query-building tests; the real id is 759883607.
+BO_SESSION_IDS: tuple[int, ...] = (
     715093703, 719161530, 721123822, 732592105, 737581020, 739448407, 742951821, 743475441,
     744228101, 746083955, 750332458, 750749662, 751348571, 754312389, 754829445, 755434585,
-    756029989, 757216464, 757970808, 758798717, 759228117, 760345702, 760693773, 761418226,
-    762120172, 762602078, 763673393, 766640955, 767871931, 768515987, 771160300, 771990200,
-    773418906, 774875821, 778240327, 778998620, 779839471, 781842082, 786091066, 787025148,
-    789848216, 791319847, 793224716, 794812542, 797828357, 798911424, 799864342, 816200189,
+    756029989, 757216464, 757970808, 758798717, 759883607, 760345702, 760693773, 761418226,
+    762120172, 762602078, 763673393, 773418906, 791319847, 797828357, 798911424, 799864342,
+)  # fmt: skip
+FC_SESSION_IDS: tuple[int, ...] = (
+    766640955, 767871931, 768515987, 771160300, 771990200, 774875821, 778240327, 778998620,
+    779839471, 781842082, 786091066, 787025148, 789848216, 793224716, 794812542, 816200189,
     819186360, 819701982, 821695405, 829720705, 831882777, 835479236, 839068429, 839557629,
     840012044, 847657808,
 )  # fmt: skip
+
+# The 58 session ids in session-table order (ascending id), CONFIRMED (W§5). Cross-check: the
+# five WKF-known sessions are the first five, and 791319847 lands at position 42, which is where
+# its NWB WellKnownFile id 1026124645 sits in the W§5 table-order list.
+SESSION_IDS: tuple[int, ...] = tuple(sorted(BO_SESSION_IDS + FC_SESSION_IDS))
 
 # CONFIRMED (W§5): NWB WellKnownFile ids of the 58 sessions, in session-table order.
 SESSION_NWB_WKF_IDS: tuple[int, ...] = (
@@ -53,13 +58,9 @@ SESSION_NWB_WKF_IDS: tuple[int, ...] = (
     1026124422, 1026123943,
 )  # fmt: skip
 
-# Session types. UNCONFIRMED: the 32/26 split is "commonly cited" (W§5, N§7), and which sessions
-# are functional_connectivity is recalled, not checked: brain_observatory_1.1 = the first 27 by id
-# plus the five below; everything else functional_connectivity. 791319847 being BO 1.1 matches the
-# data-access notebook, which uses it as a brain_observatory_1.1 example.
-_BO_LATE = (773418906, 791319847, 797828357, 798911424, 799864342)
-SESSION_TYPES: dict[int, str] = {
-    sid: (BO if (i < 27 or sid in _BO_LATE) else FC) for i, sid in enumerate(SESSION_IDS)
+# Session types, CONFIRMED (W§5): 32 brain_observatory_1.1, 26 functional_connectivity.
+SESSION_TYPES: dict[int, str] = {sid: BO for sid in BO_SESSION_IDS} | {
+    sid: FC for sid in FC_SESSION_IDS
 }
 
 # Genotypes (CONFIRMED counts, W§5: 30/12/8/8). Which session has which is UNCONFIRMED except
