@@ -525,6 +525,8 @@ def test_realistic_catalogue(tmp_path):
     assert {s["published_at"] for s in sessions} == {"2019-10-03T00:00:00Z"}
     s0 = sessions[0]
     assert s0["id"] == 715093703 and s0["specimen_id"] == 699733581
+    # the NWB subject_id (DANDI's sub-<id>) is the donor id: sub-699733573 on DANDI 000021
+    assert s0["specimen"]["donor"]["id"] == 699733573
     assert s0["specimen"]["donor"]["full_genotype"].startswith("Sst-IRES-Cre")
     probes = pd.DataFrame(rec["EcephysProbe"])
     assert len(probes) == 332 and probes["id"].is_unique

@@ -76,18 +76,41 @@ KNOWN_SEXES: dict[int, str] = {715093703: "M"}  # CONFIRMED (W§2.1 example row)
 AGE_RANGE_DAYS = (96, 129)  # CONFIRMED range seen (W§5)
 
 # Specimen ids. CONFIRMED pairs from W§5; the other listed specimen ids are real but their
-# sessions are not stated: assigned here to plausible sessions (UNCONFIRMED).
+# sessions are not stated: assigned here to plausible sessions. The DANDI subject ids below
+# support most of the pairing: a session's donor id is 3-9 below its specimen id wherever both
+# are known (699733573/699733581, 734865729/734865738, 757329617/757329624), and the assigned
+# specimen ids sit 3-8 above their session's DANDI subject id (703279277/703279284, ...,
+# 772616820/772616823, which puts 772616823 on 799864342). 797828357 and 798911424 have no
+# known subject id, so which of them has 775876828 and which 776061251 is UNCONFIRMED.
 KNOWN_SPECIMENS: dict[int, int] = {715093703: 699733581, 756029989: 734865738, 773418906: 757329624}
-UNASSIGNED_SPECIMEN_IDS: dict[int, int] = {  # UNCONFIRMED pairing
+UNASSIGNED_SPECIMEN_IDS: dict[int, int] = {  # pairing inferred as above (UNCONFIRMED)
     719161530: 703279284,
     721123822: 707296982,
     732592105: 717038288,
     737581020: 718643567,
     791319847: 769360779,
-    797828357: 772616823,
-    798911424: 775876828,
-    799864342: 776061251,
+    797828357: 775876828,
+    798911424: 776061251,
+    799864342: 772616823,
 }
+
+# DANDI subject ids: the ``sub-<id>`` of a session's asset paths in dandisets 000021/000022 is
+# the NWB ``/general/subject/subject_id``, which is the *donor* id (N§1.7), not specimen_id.
+# CONFIRMED from public code that pins DANDI assets by path (a 30-session download list of
+# 000021, with asset ids; a 000021 pin whose size 1,736,516,600 B equals W§5's for 721123822;
+# a 000022 pin for 766640955); not in the shared notes. Sessions without an entry get an
+# UNCONFIRMED donor id 8 below their specimen id.
+KNOWN_DONORS: dict[int, int] = {
+    715093703: 699733573, 719161530: 703279277, 721123822: 707296975, 732592105: 717038285,
+    737581020: 718643564, 739448407: 716813540, 742951821: 723627600, 743475441: 722882751,
+    744228101: 719817799, 746083955: 726170927, 750332458: 726141242, 750749662: 726162193,
+    751348571: 732548371, 754312389: 719828686, 754829445: 726298249, 755434585: 730760263,
+    756029989: 734865729, 757216464: 733457986, 757970808: 730756767, 758798717: 735109599,
+    759883607: 740268983, 760345702: 739783158, 760693773: 738651046, 761418226: 742714472,
+    762120172: 745276220, 762602078: 744915196, 763673393: 742602884, 773418906: 757329617,
+    791319847: 769360771, 799864342: 772616820, 766640955: 744912845,
+}  # fmt: skip
+DONOR_BELOW_SPECIMEN = 8  # UNCONFIRMED offset for sessions without a known donor id
 
 # Probes: 332 in total (CONFIRMED), 5 or 6 per session; 732592105 has 5 (CONFIRMED).
 TOTAL_PROBES = 332
