@@ -1,8 +1,9 @@
 """A stand-in for the DANDI Archive API, serving the synthetic NWB files as dandisets 000021/000022.
 
 Test and demo side only (the catalogue and digests are in ``dandi_catalog.py``). Its own code: it
-shares nothing with the pipeline's DANDI client, so a bug cannot hide in shared code. The facts it implements, each with its source in dandi-archive /
-dandi-cli / dandi-schema, are in ``docs/dandi.md``; the short version:
+shares nothing with the pipeline's DANDI client, so a bug cannot hide in shared code. The facts
+it implements, each with its source in dandi-archive / dandi-cli / dandi-schema, are in
+``docs/dandi.md``; the short version:
 
 - ``GET /api/info/``; ``GET /api/dandisets/`` and ``/api/dandisets/{id}/``;
   ``/api/dandisets/{id}/versions/`` (+ ``{version}/`` = the version metadata, ``{version}/info/``);
