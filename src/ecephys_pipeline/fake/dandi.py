@@ -135,8 +135,8 @@ def route(handler, path: str, raw_query: str) -> None:
         status, body, extra = _api(req)
     except _HTTPError as e:
         status, body, extra = e.status, e.body, {}
-    except NotGeneratable as e:
-        status, body, extra = 500, {"detail": f"stand-in could not produce a file: {e}"}, {}
+    except Exception as e:  # e.g. generating a lazy file failed: say so, do not hang the client
+        status, body, extra = 500, {"detail": f"the DANDI stand-in failed: {e}"}, {}
     _respond(req, status, body, extra)
 
 
