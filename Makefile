@@ -4,9 +4,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 ORACLE_VENV ?= .venv-allensdk
+DANDI_VENV ?= .venv-dandi
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint oracle clean-demo
+.PHONY: install demo test lint oracle dandi-oracle clean-demo
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,14 +29,24 @@ $(ORACLE_VENV)/.installed: tests/oracle/allensdk-constraints.txt
 
 oracle: $(ORACLE_VENV)/.installed
 
+# DANDI's own client (the dandi package) judges the DANDI stand-in (tests/test_dandi_oracle.py).
+# Its own virtualenv too: it pins numpy/pandas/h5py/pynwb versions of its own.
+$(DANDI_VENV)/.installed: tests/oracle/dandi-constraints.txt
+	$(PYTHON) -m venv $(DANDI_VENV)
+	$(DANDI_VENV)/bin/pip install --quiet -c tests/oracle/dandi-constraints.txt "dandi==0.81.0"
+	touch $@
+
+dandi-oracle: $(DANDI_VENV)/.installed
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 
-test: install oracle lint
-	ALLENSDK_PYTHON=$(CURDIR)/$(ORACLE_VENV)/bin/python PATH=$(CURDIR)/$(BIN):$$PATH \
+test: install oracle dandi-oracle lint
+	ALLENSDK_PYTHON=$(CURDIR)/$(ORACLE_VENV)/bin/python \
+	DANDI_PYTHON=$(CURDIR)/$(DANDI_VENV)/bin/python PATH=$(CURDIR)/$(BIN):$$PATH \
 		bash .ci/test-suite.sh
 
 clean-demo:

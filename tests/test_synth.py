@@ -513,6 +513,12 @@ def test_realistic_catalogue(tmp_path):
     assert (
         types.count("brain_observatory_1.1") == 32 and types.count("functional_connectivity") == 26
     )
+    # allen-warehouse.md §5's confirmed list: the 58th id is 759883607 (759228117 is only an
+    # AllenSDK test id)
+    by_id = {s["id"]: s["stimulus_name"] for s in sessions}
+    assert 759228117 not in by_id and by_id[759883607] == "brain_observatory_1.1"
+    assert by_id[763673393] == by_id[799864342] == "brain_observatory_1.1"
+    assert by_id[766640955] == by_id[774875821] == by_id[839557629] == "functional_connectivity"
     genos = pd.Series([s["specimen"]["donor"]["full_genotype"] for s in sessions]).value_counts()
     assert sorted(genos.tolist()) == [8, 8, 12, 30] and genos["wt/wt"] == 30
     ages = [s["specimen"]["donor"]["age"]["days"] for s in sessions]
@@ -520,6 +526,8 @@ def test_realistic_catalogue(tmp_path):
     assert {s["published_at"] for s in sessions} == {"2019-10-03T00:00:00Z"}
     s0 = sessions[0]
     assert s0["id"] == 715093703 and s0["specimen_id"] == 699733581
+    # the NWB subject_id (DANDI's sub-<id>) is the donor id: sub-699733573 on DANDI 000021
+    assert s0["specimen"]["donor"]["id"] == 699733573
     assert s0["specimen"]["donor"]["full_genotype"].startswith("Sst-IRES-Cre")
     probes = pd.DataFrame(rec["EcephysProbe"])
     assert len(probes) == 332 and probes["id"].is_unique

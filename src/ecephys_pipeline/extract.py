@@ -1,4 +1,4 @@
-"""NWB -> Arrow tables -> hive-partitioned Parquet (architecture §5, docs/SCHEMA.md).
+"""NWB -> Arrow tables -> hive-partitioned Parquet (docs/architecture.md §5, docs/SCHEMA.md).
 
 ``extract_session`` reads one Allen ecephys session NWB file with :mod:`ecephys_pipeline.nwb`
 (bulk h5py reads, no per-unit loops over HDF5) and writes five datasets under ``out_dir``::
@@ -143,7 +143,7 @@ def waveforms_schema(value_type: pa.DataType = _F64, n_samples: int = 82) -> pa.
     )
 
 
-# Stimulus parameter columns known from N§1.4 (union over session types), with fixed types.
+# Stimulus parameter columns of allen-nwb.md §1.4 (union over session types), with fixed types.
 STIMULUS_FLOAT_PARAMS = (
     "stimulus_block",
     "stimulus_index",

@@ -51,6 +51,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 from xml.sax.saxutils import escape
 
+from . import dandi as fake_dandi
 from . import rma as fake_rma
 from .files import (
     BUCKET,
@@ -88,6 +89,7 @@ _HEADER_KINDS = {"wrong_length"}  # the only body kind that also matters to HEAD
 _FILE_KINDS = {"ignore_range", "no_validators"}
 _RMA_KINDS = {"rma_error", "rma_zero_rows", "rma_total_rows", "rma_repeat_page", "rma_row"}
 REPEAT_PAGE_TOTAL_ROWS = 10**9  # what rma_repeat_page claims by default
+FAULT_KINDS.update(fake_dandi.FAULT_KINDS)  # the DANDI stand-in's listing faults (fake/dandi.py)
 
 # HTTP status of an RMA error envelope (success: false). UNCONFIRMED for the real service;
 # AllenSDK ignores the status and reads the envelope, so only our own client can tell.
@@ -560,6 +562,8 @@ class _Handler(BaseHTTPRequestHandler):
             if method not in ("GET", "HEAD"):
                 return self._not_allowed("GET, HEAD")
             return self._wkf(path[len(_WKF_ROUTE) :])
+        if fake_dandi.handles(path):  # the DANDI Archive API and its blobs (fake/dandi.py)
+            return fake_dandi.route(self, path, raw_query)
         params = dict(parse_qsl(raw_query, keep_blank_values=True))
         bucket_path = path.rstrip("/") in ("", f"/{BUCKET}")
         if bucket_path and "list-type" in params:

@@ -309,7 +309,7 @@ def _plan_realistic(seed: int) -> list[SessionPlan]:
                 session_id=sid,
                 session_type=real.SESSION_TYPES[sid],
                 specimen_id=specimen,
-                donor_id=specimen + 1,  # UNCONFIRMED: donor ids are not published in the notes
+                donor_id=real.KNOWN_DONORS.get(sid, specimen - real.DONOR_BELOW_SPECIMEN),
                 genotype=geno,
                 sex=real.KNOWN_SEXES.get(sid, "M" if rng.random() < 0.75 else "F"),
                 age_days=real.KNOWN_AGES.get(
