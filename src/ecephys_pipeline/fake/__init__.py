@@ -12,6 +12,7 @@
 The synthetic files it serves come from :mod:`ecephys_pipeline.synth`.
 """
 
-from .server import FAULT_KINDS, FakeWarehouse, validate_faults
+from .faults import FAULT_KINDS, validate_faults
+from .server import FakeWarehouse
 
 __all__ = ["FAULT_KINDS", "FakeWarehouse", "validate_faults"]

@@ -47,14 +47,8 @@ from .dandi_catalog import (
     archive_for,
     digests,
 )
+from .faults import BODY_KINDS, DANDI_KINDS, BodyPlan
 from .files import FileInfo, NotGeneratable
-
-# kind -> (required params, optional params), merged into server.FAULT_KINDS
-FAULT_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "dandi_wrong_digest": ((), ()),  # both published digests of the matching assets are wrong
-    "dandi_wrong_sha256": ((), ()),  # only dandi:sha2-256
-    "dandi_wrong_etag": ((), ()),  # only dandi:dandi-etag
-}
 
 VERSION_RE = re.compile(r"0\.\d{6}\.\d{4}|draft")
 DANDISET_RE = re.compile(r"\d{6}")
@@ -141,12 +135,10 @@ def route(handler, path: str, raw_query: str) -> None:
 
 
 def _respond(req: _Request, status: int, body: Any, extra: dict | None = None) -> None:
-    from .server import _BODY_KINDS, _BodyPlan  # the server imports this module
-
     extra = {"Vary": "Accept", "Allow": "GET, HEAD, OPTIONS", **(extra or {})}
     if status in (301, 302):
         return req.h._simple(status, b"", "text/html; charset=utf-8", extra)
-    plan = _BodyPlan(req.h._claim(_BODY_KINDS))
+    plan = BodyPlan(req.h._claim(BODY_KINDS))
     req.h._json(status, body, plan, extra)
 
 
@@ -393,7 +385,7 @@ def _asset_row(req: _Request, a: Asset) -> dict:
 
 def _published_digests(req: _Request, a: Asset) -> dict[str, str]:
     sha, etag = digests(req.arc.file(a))
-    for f in req.h.server.fake.claim_faults([a.path], set(FAULT_KINDS)):
+    for f in req.h.server.fake.claim_faults([a.path], DANDI_KINDS):
         req.h._entry["faults"].append(f["kind"])
         if f["kind"] in ("dandi_wrong_digest", "dandi_wrong_sha256"):
             sha = _bump_hex(sha)

@@ -28,7 +28,8 @@ generated first, so ``Size`` and ``ETag`` are true. Narrow big lazy listings wit
 Faults (``set_faults`` / ``POST /_fake/faults``): each is ``{"kind", "match", "times", ...}``;
 ``match`` is a substring of the request target (tested against the target as sent and
 percent-decoded; empty matches everything); ``times`` counts down each time the fault is applied
-(null = always). See :data:`FAULT_KINDS`. A HEAD request only consumes faults that change headers.
+(null = always). See :data:`faults.FAULT_KINDS`. A HEAD request only consumes faults that
+change headers.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ from xml.sax.saxutils import escape
 
 from . import dandi as fake_dandi
 from . import rma as fake_rma
+from .faults import (
+    BODY_KINDS,
+    FILE_KINDS,
+    HEADER_KINDS,
+    REPEAT_PAGE_TOTAL_ROWS,
+    RMA_KINDS,
+    BodyPlan,
+    validate_faults,
+)
 from .files import (
     BUCKET,
     S3_PREFIX,
@@ -64,32 +74,6 @@ from .files import (
     parse_range,
     read_chunks,
 )
-
-# kind -> (required params, optional params)
-FAULT_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "drop_after": (("bytes",), ()),  # send N body bytes, then reset the TCP connection (RST)
-    "status": (("code",), ("retry_after", "body")),  # answer this status (default HTML body)
-    "stall": (("after_bytes", "seconds"), ()),  # send N body bytes, sleep, then continue
-    "short_body": (("bytes",), ()),  # true Content-Length, only N bytes, then close (FIN)
-    "flip_byte": (("offset",), ()),  # XOR 0xFF the byte at this absolute file/body offset
-    "wrong_length": (("content_length",), ()),  # lie in Content-Length, send the body, close
-    "ignore_range": ((), ()),  # answer a Range request with 200 and the full body
-    "bandwidth": (("bytes_per_second",), ()),  # pace this response's body
-    "no_validators": ((), ()),  # omit ETag and Last-Modified
-    "rma_error": ((), ("msg",)),  # RMA envelope success:false
-    "rma_zero_rows": ((), ()),  # RMA envelope num_rows:0 with total_rows>0 (AllenSDK loops)
-    "rma_total_rows": (("total_rows",), ()),  # the envelope claims this total_rows (rows true)
-    # the first page again whatever start_row asks for, total_rows a lie (default 10**9)
-    "rma_repeat_page": ((), ("total_rows",)),
-    # change row ``index`` (default 0) of the page: ``set`` {dotted.key: value}, ``drop`` [keys]
-    "rma_row": ((), ("index", "set", "drop")),
-}
-_BODY_KINDS = {"drop_after", "stall", "short_body", "flip_byte", "bandwidth", "wrong_length"}
-_HEADER_KINDS = {"wrong_length"}  # the only body kind that also matters to HEAD
-_FILE_KINDS = {"ignore_range", "no_validators"}
-_RMA_KINDS = {"rma_error", "rma_zero_rows", "rma_total_rows", "rma_repeat_page", "rma_row"}
-REPEAT_PAGE_TOTAL_ROWS = 10**9  # what rma_repeat_page claims by default
-FAULT_KINDS.update(fake_dandi.FAULT_KINDS)  # the DANDI stand-in's listing faults (fake/dandi.py)
 
 # HTTP status of an RMA error envelope (success: false). UNCONFIRMED for the real service;
 # AllenSDK ignores the status and reads the envelope, so only our own client can tell.
@@ -109,57 +93,6 @@ _DEFAULT_STATUS_BODY = (
 
 class _Abort(Exception):
     """Raised after the connection was deliberately reset; unwinds the handler quietly."""
-
-
-def validate_faults(faults: Any) -> list[dict]:
-    """Check a fault list (raises ValueError with a readable message)."""
-    if isinstance(faults, dict):
-        faults = [faults]
-    if not isinstance(faults, list):
-        raise ValueError("faults must be a JSON list of objects")
-    out = []
-    for i, f in enumerate(faults):
-        if not isinstance(f, dict) or "kind" not in f:
-            raise ValueError(f"fault #{i} must be an object with a 'kind'")
-        kind = f["kind"]
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"fault #{i}: unknown kind {kind!r}; known: {', '.join(FAULT_KINDS)}")
-        required, optional = FAULT_KINDS[kind]
-        missing = [p for p in required if p not in f]
-        if missing:
-            raise ValueError(f"fault #{i} ({kind}) needs {', '.join(missing)}")
-        extra = set(f) - set(required) - set(optional) - {"kind", "match", "times"}
-        if extra:
-            raise ValueError(f"fault #{i} ({kind}): unknown parameters {sorted(extra)}")
-        for p in required:
-            if kind != "status" and not (isinstance(f[p], int | float) and f[p] >= 0):
-                raise ValueError(f"fault #{i} ({kind}): {p} must be a non-negative number")
-        if kind == "status" and not (isinstance(f["code"], int) and 100 <= f["code"] <= 599):
-            raise ValueError(f"fault #{i}: code must be an HTTP status 100-599")
-        if kind == "status" and not isinstance(f.get("body") or "", str):
-            raise ValueError(f"fault #{i}: body must be a string")
-        if kind == "bandwidth" and f["bytes_per_second"] <= 0:
-            raise ValueError(f"fault #{i}: bytes_per_second must be > 0")
-        for p in ("total_rows", "index"):
-            if p in f and not (isinstance(f[p], int) and not isinstance(f[p], bool) and f[p] >= 0):
-                raise ValueError(f"fault #{i} ({kind}): {p} must be a non-negative integer")
-        if not isinstance(f.get("set", {}), dict):
-            raise ValueError(f"fault #{i} ({kind}): set must be an object {{dotted.key: value}}")
-        drop = f.get("drop", [])
-        if not (isinstance(drop, list) and all(isinstance(k, str) and k for k in drop)):
-            raise ValueError(f"fault #{i} ({kind}): drop must be a list of dotted keys")
-        times = f.get("times")
-        if times is not None and not (isinstance(times, int) and times >= 0):
-            raise ValueError(f"fault #{i}: times must be a non-negative integer or null")
-        match = f.get("match", "")
-        if not isinstance(match, str):
-            raise ValueError(f"fault #{i}: match must be a string")
-        g = dict(f)
-        g["match"] = match
-        g["times"] = times
-        g["remaining"] = times
-        out.append(g)
-    return out
 
 
 def _is_loopback(host: str) -> bool:
@@ -303,35 +236,6 @@ class FakeWarehouse:
             self._log.append(entry)
 
 
-class _BodyPlan:
-    """How to mangle one response body, from the claimed faults."""
-
-    def __init__(self, faults: list[dict]):
-        self.drop_after = self.short_body = self.wrong_length = None
-        self.stall: tuple[int, float] | None = None
-        self.flips: set[int] = set()
-        self.bandwidth: float | None = None
-        self.ignore_range = self.no_validators = False
-        for f in faults:
-            k = f["kind"]
-            if k == "drop_after":
-                self.drop_after = int(f["bytes"])
-            elif k == "short_body":
-                self.short_body = int(f["bytes"])
-            elif k == "wrong_length":
-                self.wrong_length = int(f["content_length"])
-            elif k == "stall":
-                self.stall = (int(f["after_bytes"]), float(f["seconds"]))
-            elif k == "flip_byte":
-                self.flips.add(int(f["offset"]))
-            elif k == "bandwidth":
-                self.bandwidth = float(f["bytes_per_second"])
-            elif k == "ignore_range":
-                self.ignore_range = True
-            elif k == "no_validators":
-                self.no_validators = True
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "FakeAllenWarehouse/1.0"
@@ -401,15 +305,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._entry["bytes_sent"] += len(data)
             self.wfile.write(data)
 
-    def _json(self, status: int, obj: Any, plan: _BodyPlan | None = None, extra=None) -> None:
+    def _json(self, status: int, obj: Any, plan: BodyPlan | None = None, extra=None) -> None:
         data = json.dumps(obj).encode()
         headers = {"Content-Type": "application/json; charset=utf-8"}
         headers.update(extra or {})
-        self._send(status, headers, len(data), 0, _slices(data), plan or _BodyPlan([]))
+        self._send(status, headers, len(data), 0, _slices(data), plan or BodyPlan([]))
 
     # -- body sender with faults ------------------------------------------------------------------
 
-    def _send(self, status, headers, length, offset0, chunks: Iterator[bytes], plan: _BodyPlan):
+    def _send(self, status, headers, length, offset0, chunks: Iterator[bytes], plan: BodyPlan):
         """Headers + body of ``length`` bytes whose first byte is at ``offset0`` of the source."""
         declared = length if plan.wrong_length is None else plan.wrong_length
         headers = {**headers, "Content-Length": str(declared)}
@@ -536,7 +440,7 @@ class _Handler(BaseHTTPRequestHandler):
         target = self._entry["path"] + ("?" + self._entry["query"] if self._entry["query"] else "")
         raw = self.requestline.split()[1] if len(self.requestline.split()) > 1 else self.path
         if self.command == "HEAD":
-            kinds = kinds - (_BODY_KINDS - _HEADER_KINDS)
+            kinds = kinds - (BODY_KINDS - HEADER_KINDS)
         faults = self.fake.claim_faults((raw, target), kinds)
         self._entry["faults"] += [f["kind"] for f in faults]
         return faults
@@ -599,8 +503,8 @@ class _Handler(BaseHTTPRequestHandler):
         params = dict(parse_qsl(raw_query, keep_blank_values=True))
         fmt = path[len(_RMA_ROUTE) :]
         criteria = params.get("criteria", params.get("q"))
-        faults = self._claim(_BODY_KINDS | _RMA_KINDS)
-        plan = _BodyPlan(faults)
+        faults = self._claim(BODY_KINDS | RMA_KINDS)
+        plan = BodyPlan(faults)
         disposition = {"Content-Disposition": 'attachment; filename="query.json"'}
         if fmt != "json":
             env = fake_rma.error_envelope(f"unsupported format {fmt!r}: this service answers json")
@@ -647,7 +551,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._file(file_info(path), extra, s3=False)
 
     def _file(self, info: FileInfo, extra: dict[str, str], *, s3: bool) -> None:
-        plan = _BodyPlan(self._claim(_BODY_KINDS | _FILE_KINDS))
+        plan = BodyPlan(self._claim(BODY_KINDS | FILE_KINDS))
         headers = {
             "Content-Type": "application/octet-stream" if not s3 else info.content_type,
             "Accept-Ranges": "bytes",
@@ -796,7 +700,7 @@ class _Handler(BaseHTTPRequestHandler):
         xml += [f"<CommonPrefixes><Prefix>{escape(cp)}</Prefix></CommonPrefixes>" for cp in common]
         xml.append("</ListBucketResult>")
         data = "".join(xml).encode()
-        plan = _BodyPlan(self._claim(_BODY_KINDS))
+        plan = BodyPlan(self._claim(BODY_KINDS))
         self._send(200, {"Content-Type": "application/xml"}, len(data), 0, _slices(data), plan)
 
     # -- control --------------------------------------------------------------------------------
