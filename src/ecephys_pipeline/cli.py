@@ -117,8 +117,7 @@ def _plan_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _plan_run(args: argparse.Namespace) -> int:
-    from .download import DownloadError
-    from .plan import check_space, load_workflow_config, plan_from_config
+    from .plan import InsufficientSpaceError, check_space, load_workflow_config, plan_from_config
     from .selection import SelectionError, SpecError
 
     try:
@@ -138,7 +137,7 @@ def _plan_run(args: argparse.Namespace) -> int:
         the_plan.to_json(args.json)
     try:
         check_space(the_plan, reserve_bytes=int(config["download"]["reserve_free_gb"] * 1e9))
-    except DownloadError as e:
+    except InsufficientSpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
