@@ -1,4 +1,4 @@
-"""download.py against the real fake warehouse (127.0.0.1), real files, every fault kind.
+"""The download engine against the real fake warehouse (127.0.0.1), real files, every fault kind.
 
 No mocks: each fault of architecture.md §2 is injected into the running server and the real client
 has to end in identical bytes at ``dest`` or a clear error with nothing corrupt at ``dest``.
@@ -741,6 +741,29 @@ def test_parse_retry_after():
     now = 1_700_000_000
     assert parse_retry_after("Tue, 14 Nov 2023 22:13:40 GMT", now=now) == pytest.approx(20)
     assert parse_retry_after("garbage") is None and parse_retry_after(None) is None
+
+
+def test_retry_policy_one_decision_per_failure():
+    def policy(**kw):
+        return dl_retry.RetryPolicy(backoff_base_s=1, backoff_max_s=10, rand=lambda: 1.0, **kw)
+
+    failed = dl_retry.AttemptFailed
+    p = policy(max_attempts=3)
+    # no progress: exponential backoff (full jitter at its top here), stop after max_attempts
+    assert [p.after(failed("HTTP 500"), 0, 100) for _ in range(3)] == [1, 2, None]
+    assert p.history[0] == "attempt 1: HTTP 500; .part has 0 of 100 bytes"
+    assert len(p.history) == 3 and not p.wrong_bytes
+    # progress resets the count: a connection that keeps dropping still finishes
+    p = policy(max_attempts=2)
+    assert all(p.after(failed("reset"), n, None) is not None for n in range(10, 100, 10))
+    # Retry-After is honoured up to backoff_max_s; fatal stops at once
+    assert policy(max_attempts=8).after(failed("503", retry_after=30), 0, None) == 10
+    assert policy(max_attempts=8).after(failed("404", fatal=True), 0, None) is None
+    # wrong bytes: at most MAX_VERIFY_FAILURES restarts, and the end is a checksum error
+    p = policy(max_attempts=100)
+    delays = [p.after(failed("sha256", bad_bytes=True), 0, 100) for _ in range(5)]
+    assert delays.index(None) == dl_retry.MAX_VERIFY_FAILURES - 1 == 2
+    assert p.wrong_bytes
 
 
 def test_remote_size_falls_back_to_range_get(fake, dataset):

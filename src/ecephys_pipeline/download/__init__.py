@@ -30,22 +30,20 @@ The package, along its seams: ``digests`` (sha256 of files and streams), ``recor
 stream or parallel ranges), ``engine`` (``download_file``, ``adopt_existing``), ``options``.
 """
 
-from .digests import Digester, sha256_file
+from .digests import sha256_file
 from .engine import adopt_existing, download_file
 from .errors import ChecksumMismatchError, DownloadError
-from .http import RemoteInfo, remote_info, remote_size
+from .http import remote_info, remote_size
 from .options import Options
 from .record import DownloadRecord, read_record, record_path
 from .state import PartState, part_path, resumable_bytes, verify
 
 __all__ = [
     "ChecksumMismatchError",
-    "Digester",
     "DownloadError",
     "DownloadRecord",
     "Options",
     "PartState",
-    "RemoteInfo",
     "adopt_existing",
     "download_file",
     "part_path",

@@ -30,9 +30,6 @@ class Digester:
     def sha256(self) -> str:
         return self._sha256.hexdigest()
 
-    def digests(self) -> dict[str, str]:
-        return {"sha256": self.sha256}
-
     @classmethod
     def of_file(
         cls,

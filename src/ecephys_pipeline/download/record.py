@@ -55,10 +55,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def unlink(path: Path) -> None:
-    path.unlink(missing_ok=True)
-
-
 def write_record(dest: Path, rec: DownloadRecord, *, mtime_ns: int | None = None) -> None:
     """Write ``rec`` beside ``dest`` with the mtime of ``dest`` (or the given ``mtime_ns``: the
     file's mtime before it is renamed to ``dest``)."""

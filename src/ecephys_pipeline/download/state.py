@@ -20,7 +20,7 @@ from .digests import CHUNK, Digester
 from .errors import DownloadError
 from .http import validator
 from .progress import Progress, fmt_bytes
-from .record import DownloadRecord, read_json, record_path, unlink, write_record
+from .record import DownloadRecord, read_json, record_path, write_record
 
 try:  # advisory inter-process lock on POSIX; elsewhere we rely on Snakemake's own locking
     import fcntl
@@ -45,7 +45,7 @@ def set_aside(path: Path, sha256: str, why: str, *, dest: Path | None = None) ->
     dest = Path(dest) if dest is not None else path
     aside = Path(f"{dest}.{why}-{sha256[:8]}")
     os.replace(path, aside)
-    unlink(record_path(dest))
+    record_path(dest).unlink(missing_ok=True)
     log.warning("moved rejected file %s to %s", path, aside)
     return aside
 
@@ -170,7 +170,7 @@ class PartState:
         meta = read_json(self.sidecar)
         if not self.part.exists():
             self.meta = None
-            unlink(self.sidecar)
+            self.sidecar.unlink(missing_ok=True)
             return
         why = _reason_to_discard(meta, url, exp)
         if why:
@@ -201,16 +201,16 @@ class PartState:
         # Empty the .part BEFORE writing the new sidecar: a kill in between must never leave old
         # bytes described by new validators (a later resume would splice two versions).
         if meta is None:
-            unlink(self.part)
-            unlink(self.sidecar)
+            self.part.unlink(missing_ok=True)
+            self.sidecar.unlink(missing_ok=True)
             return
         with open(self.part, "wb"):
             pass
         self.save()
 
     def discard(self) -> None:
-        unlink(self.part)
-        unlink(self.sidecar)
+        self.part.unlink(missing_ok=True)
+        self.sidecar.unlink(missing_ok=True)
 
     def to_single_stream(self) -> int:
         """Turn a parallel .part into a contiguous prefix; returns its length."""
@@ -263,7 +263,7 @@ class PartState:
         """Move the .part to ``dest.<why>-<sha8>``; the next attempt starts from nothing."""
         sha = self.full_digest().sha256
         aside = set_aside(self.part, sha, why, dest=self.dest)
-        unlink(self.sidecar)
+        self.sidecar.unlink(missing_ok=True)
         self.meta, self.digest = None, None
         return aside
 
@@ -283,7 +283,7 @@ class PartState:
         write_record(self.dest, rec, mtime_ns=self.part.stat().st_mtime_ns)
         os.replace(self.part, self.dest)
         fsync_dir(self.dest.parent)
-        unlink(self.sidecar)
+        self.sidecar.unlink(missing_ok=True)
         return rec
 
 
@@ -329,5 +329,5 @@ class DestLock:
 
     def __exit__(self, *exc: Any) -> None:
         if self.fd is not None:
-            unlink(self.path)
+            self.path.unlink(missing_ok=True)
             os.close(self.fd)
