@@ -33,7 +33,7 @@ import h5py
 import numpy as np
 import requests
 
-from ecephys_pipeline.download import download_file
+from ecephys_pipeline.download import Options, download_file
 
 MiB = 1 << 20
 KEY = "session_1/session_1.nwb"
@@ -195,7 +195,9 @@ def main() -> int:
             drop_cache_copy(dest)
             b[n] = add(
                 f"(b) download_file connections={n}, same cap",
-                timed(lambda n=n: download_file(url, dest, connections=n)),
+                timed(
+                    lambda n=n: download_file(url, dest, options=Options(connections_per_file=n))
+                ),
             )
         fw.clear_faults()
         drop_cache_copy(dest)

@@ -114,7 +114,6 @@ def test_rule_scripts_import_no_stand_in():
         assert not [t for t in found if is_stand_in(t)], script.name
 
 
-@pytest.mark.xfail(strict=True, reason="download <-> lockfile: removed by the engine's split")
 def test_the_package_has_no_import_cycle():
     assert find_cycle(package_graph()) is None
 

@@ -1,4 +1,4 @@
-"""download.py against the real fake warehouse (127.0.0.1), real files, every fault kind.
+"""The download engine against the real fake warehouse (127.0.0.1), real files, every fault kind.
 
 No mocks: each fault of architecture.md §2 is injected into the running server and the real client
 has to end in identical bytes at ``dest`` or a clear error with nothing corrupt at ``dest``.
@@ -6,6 +6,7 @@ has to end in identical bytes at ``dest`` or a clear error with nothing corrupt 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,24 +25,30 @@ import pytest
 import requests
 
 from ecephys_pipeline import download as dl
+from ecephys_pipeline import sources
 from ecephys_pipeline.download import (
     ChecksumMismatchError,
     DownloadError,
     DownloadRecord,
-    InsufficientSpaceError,
+    Options,
     adopt_existing,
-    check_free_space,
     download_file,
-    parse_retry_after,
     remote_size,
 )
+from ecephys_pipeline.download import http as dl_http
+from ecephys_pipeline.download import progress as dl_progress
+from ecephys_pipeline.download import ranges as dl_ranges
+from ecephys_pipeline.download import retry as dl_retry
+from ecephys_pipeline.download import state as dl_state
+from ecephys_pipeline.download.http import parse_retry_after
+from ecephys_pipeline.download.record import read_json
 from ecephys_pipeline.lockfile import (
     LockMismatchError,
-    check_against_lock,
     expected_for,
     read_lock,
     write_lock,
 )
+from ecephys_pipeline.plan import InsufficientSpaceError, check_free_space
 
 fake_warehouse = pytest.importorskip("ecephys_pipeline.fake")
 
@@ -140,7 +147,11 @@ def assert_clean_success(rec: DownloadRecord, dest: Path, src: Path) -> None:
     assert {k: on_disk[k] for k in rec.to_dict()} == rec.to_dict()
 
 
-FAST = {"backoff_base": 0.05, "backoff_max": 2}
+FAST = Options(backoff_base_s=0.05, backoff_max_s=2)
+
+
+def fast(**changes) -> Options:
+    return dataclasses.replace(FAST, **changes)
 
 
 # ----------------------------------------------------------------------------- basic behaviour
@@ -171,7 +182,7 @@ def SMALL_SIZE(dataset: Path) -> int:  # noqa: N802 - reads like a constant
 
 
 def test_progress_callable_is_called(fake, dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr(dl, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(dl_progress, "PROGRESS_INTERVAL", 0.0)
     seen: list[tuple[int, int | None]] = []
     fake.set_faults([{"kind": "bandwidth", "match": "session_1.nwb", "bytes_per_second": 8 * MiB}])
     download_file(url(fake, 1), tmp_path / "p.nwb", progress=lambda d, t: seen.append((d, t)))
@@ -180,7 +191,7 @@ def test_progress_callable_is_called(fake, dataset, tmp_path, monkeypatch):
 
 
 def test_progress_log_lines(fake, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(dl, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(dl_progress, "PROGRESS_INTERVAL", 0.0)
     fake.set_faults([{"kind": "bandwidth", "match": "session_1.nwb", "bytes_per_second": 8 * MiB}])
     with caplog.at_level("INFO", logger="ecephys_pipeline.download"):
         download_file(url(fake, 1), tmp_path / "p.nwb")
@@ -196,7 +207,7 @@ def test_drop_after_resumes_with_range(fake, dataset, tmp_path):
     fake.set_faults([{"kind": "drop_after", "match": "session_1.nwb", "times": 1, "bytes": MiB}])
     n0 = len(fake.requests)
     dest = tmp_path / "s1.nwb"
-    rec = download_file(url(fake, 1), dest, **FAST)
+    rec = download_file(url(fake, 1), dest, options=FAST)
     assert_clean_success(rec, dest, source(dataset, 1))
     resumed = ranged(new_requests(fake, n0, 1))
     assert resumed, new_requests(fake, n0)
@@ -210,7 +221,7 @@ def test_status_503_retry_after_is_honoured(fake, dataset, tmp_path):
         [{"kind": "status", "match": "session_1.nwb", "times": 1, "code": 503, "retry_after": 2}]
     )
     t0 = time.monotonic()
-    rec = download_file(url(fake, 1), tmp_path / "s1.nwb", backoff_base=0.01)
+    rec = download_file(url(fake, 1), tmp_path / "s1.nwb", options=Options(backoff_base_s=0.01))
     assert time.monotonic() - t0 >= 1.9  # waited Retry-After, not the 10 ms backoff
     assert rec.sha256 == sha(source(dataset, 1))
 
@@ -223,7 +234,7 @@ def test_stall_is_detected_by_read_timeout_and_resumed(fake, dataset, tmp_path):
     n0 = len(fake.requests)
     t0 = time.monotonic()
     dest = tmp_path / "s1.nwb"
-    rec = download_file(url(fake, 1), dest, read_timeout=1, **FAST)
+    rec = download_file(url(fake, 1), dest, options=fast(read_timeout_s=1))
     assert time.monotonic() - t0 < 10
     assert_clean_success(rec, dest, source(dataset, 1))
     assert ranged(new_requests(fake, n0, 1)), "the stalled transfer was not resumed"
@@ -231,14 +242,14 @@ def test_stall_is_detected_by_read_timeout_and_resumed(fake, dataset, tmp_path):
 
 def test_trickling_connection_is_dropped_and_resumed(fake, dataset, tmp_path, monkeypatch):
     # bytes keep coming (300 B/s), so no read timeout fires; the rate floor catches it
-    monkeypatch.setattr(dl, "_LOW_RATE_WINDOW", 1.0)
+    monkeypatch.setattr(dl_http, "_LOW_RATE_WINDOW", 1.0)
     fake.set_faults(
         [{"kind": "bandwidth", "match": "session_1.nwb", "times": 1, "bytes_per_second": 300}]
     )
     n0 = len(fake.requests)
     dest = tmp_path / "s1.nwb"
     t0 = time.monotonic()
-    rec = download_file(url(fake, 1), dest, read_timeout=5, **FAST)
+    rec = download_file(url(fake, 1), dest, options=fast(read_timeout_s=5))
     assert time.monotonic() - t0 < 5
     assert_clean_success(rec, dest, source(dataset, 1))
     assert [r["status"] for r in ranged(new_requests(fake, n0, 1))] == [206]
@@ -248,7 +259,7 @@ def test_short_body_is_resumed_to_identical_bytes(fake, dataset, tmp_path):
     fake.set_faults([{"kind": "short_body", "match": "session_1.nwb", "times": 1, "bytes": MiB}])
     n0 = len(fake.requests)
     dest = tmp_path / "s1.nwb"
-    rec = download_file(url(fake, 1), dest, **FAST)
+    rec = download_file(url(fake, 1), dest, options=FAST)
     assert_clean_success(rec, dest, source(dataset, 1))
     assert ranged(new_requests(fake, n0, 1))
 
@@ -257,7 +268,7 @@ def test_flip_byte_once_is_refused_then_refetched(fake, dataset, tmp_path):
     good = sha(source(dataset, 1))
     fake.set_faults([{"kind": "flip_byte", "match": "session_1.nwb", "times": 1, "offset": 5000}])
     dest = tmp_path / "s1.nwb"
-    rec = download_file(url(fake, 1), dest, expected={"sha256": good}, **FAST)
+    rec = download_file(url(fake, 1), dest, expected={"sha256": good}, options=FAST)
     assert_clean_success(rec, dest, source(dataset, 1))
     aside = list(tmp_path.glob("s1.nwb.mismatch-*"))
     assert len(aside) == 1 and sha(aside[0]) != good  # the bad copy was kept aside, not used
@@ -268,7 +279,7 @@ def test_flip_byte_always_ends_in_clear_error_nothing_at_dest(fake, dataset, tmp
     fake.set_faults([{"kind": "flip_byte", "match": "session_1.nwb", "times": None, "offset": 7}])
     dest = tmp_path / "s1.nwb"
     with pytest.raises(ChecksumMismatchError) as ei:
-        download_file(url(fake, 1), dest, expected={"sha256": good}, **FAST)
+        download_file(url(fake, 1), dest, expected={"sha256": good}, options=FAST)
     msg = str(ei.value)
     assert good in msg and url(fake, 1) in msg and "s1.nwb" in msg
     assert not dest.exists() and not Path(f"{dest}.part").exists()
@@ -283,7 +294,7 @@ def test_wrong_length_recovers_identical_bytes(fake, dataset, tmp_path, delta):
           "content_length": size + delta}]
     )  # fmt: skip
     dest = tmp_path / "s1.nwb"
-    rec = download_file(url(fake, 1), dest, **FAST)
+    rec = download_file(url(fake, 1), dest, options=FAST)
     assert_clean_success(rec, dest, source(dataset, 1))
 
 
@@ -295,7 +306,7 @@ def test_wrong_length_with_expected_size_never_streams_a_wrong_file(fake, datase
     )  # fmt: skip
     dest = tmp_path / "s1.nwb"
     with pytest.raises(DownloadError, match=f"{size - 10} bytes but {size} are expected"):
-        download_file(url(fake, 1), dest, expected={"size": size}, **FAST)
+        download_file(url(fake, 1), dest, expected={"size": size}, options=FAST)
     assert not dest.exists()
 
 
@@ -308,10 +319,10 @@ def test_always_lying_content_length_gives_up_after_a_few_bodies(fake, dataset, 
     n0 = len(fake.requests)
     dest = tmp_path / "s1.nwb"
     with pytest.raises(DownloadError) as ei:
-        download_file(url(fake, 1), dest, **FAST)
+        download_file(url(fake, 1), dest, options=FAST)
     assert "restarting at 0" in str(ei.value) and not dest.exists()
     full_bodies = [r for r in new_requests(fake, n0, 1) if r["status"] == 200]
-    assert len(full_bodies) <= dl.MAX_VERIFY_FAILURES  # not 4 * max_attempts full downloads
+    assert len(full_bodies) <= dl_retry.MAX_VERIFY_FAILURES  # not 4 * max_attempts full downloads
 
 
 def test_ignore_range_restarts_from_zero(fake, dataset, tmp_path):
@@ -323,7 +334,7 @@ def test_ignore_range_restarts_from_zero(fake, dataset, tmp_path):
     )
     n0 = len(fake.requests)
     dest = tmp_path / "s1.nwb"
-    rec = download_file(url(fake, 1), dest, **FAST)
+    rec = download_file(url(fake, 1), dest, options=FAST)
     assert_clean_success(rec, dest, source(dataset, 1))  # not a partial + a full body appended
     r = ranged(new_requests(fake, n0, 1))
     assert r and r[0]["status"] == 200
@@ -338,19 +349,19 @@ def test_no_validators_resume_is_guarded_by_size(fake, dataset, tmp_path):
     )
     n0 = len(fake.requests)
     dest = tmp_path / "s1.nwb"
-    rec = download_file(url(fake, 1), dest, **FAST)
+    rec = download_file(url(fake, 1), dest, options=FAST)
     assert_clean_success(rec, dest, source(dataset, 1))
     assert rec.etag is None and rec.last_modified is None
     assert [r["status"] for r in ranged(new_requests(fake, n0, 1))] == [206]
 
 
 def test_bandwidth_capped_parallel_ranges(fake, dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr(dl, "MIN_RANGE", MiB)
+    monkeypatch.setattr(dl_ranges, "MIN_RANGE", MiB)
     fake.set_faults([{"kind": "bandwidth", "match": "session_2.nwb", "bytes_per_second": 3 * MiB}])
     n0 = len(fake.requests)
     dest = tmp_path / "s2.nwb"
     t0 = time.monotonic()
-    rec = download_file(url(fake, 2), dest, connections=4, **FAST)
+    rec = download_file(url(fake, 2), dest, options=fast(connections_per_file=4))
     elapsed = time.monotonic() - t0
     assert_clean_success(rec, dest, source(dataset, 2))
     gets = ranged(new_requests(fake, n0, 2))
@@ -361,33 +372,33 @@ def test_bandwidth_capped_parallel_ranges(fake, dataset, tmp_path, monkeypatch):
 def test_parallel_attempts_that_progress_are_not_counted_as_failures(
     fake, dataset, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(dl, "MIN_RANGE", MiB)
+    monkeypatch.setattr(dl_ranges, "MIN_RANGE", MiB)
     # every response dies after 512 KiB: 12 MiB in 4 ranges needs ~7 attempts, all progressing
     fake.set_faults([{"kind": "drop_after", "match": "session_2.nwb", "bytes": 512 * 1024}])
     dest = tmp_path / "s2.nwb"
-    rec = download_file(url(fake, 2), dest, connections=4, max_attempts=2, **FAST)
+    rec = download_file(url(fake, 2), dest, options=fast(connections_per_file=4, max_attempts=2))
     assert_clean_success(rec, dest, source(dataset, 2))
 
 
 def test_parallel_falls_back_to_one_stream_when_ranges_are_ignored(fake, dataset, tmp_path):
     fake.set_faults([{"kind": "ignore_range", "match": "session_2.nwb", "times": None}])
     dest = tmp_path / "s2.nwb"
-    rec = download_file(url(fake, 2), dest, connections=4, **FAST)
+    rec = download_file(url(fake, 2), dest, options=fast(connections_per_file=4))
     assert_clean_success(rec, dest, source(dataset, 2))
 
 
 def test_parallel_range_dropped_is_resumed(fake, dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr(dl, "MIN_RANGE", MiB)
+    monkeypatch.setattr(dl_ranges, "MIN_RANGE", MiB)
     fake.set_faults([{"kind": "drop_after", "match": "session_2.nwb", "times": 2, "bytes": MiB}])
     dest = tmp_path / "s2.nwb"
-    rec = download_file(url(fake, 2), dest, connections=4, **FAST)
+    rec = download_file(url(fake, 2), dest, options=fast(connections_per_file=4))
     assert_clean_success(rec, dest, source(dataset, 2))
 
 
 def test_parallel_stalled_range_is_detected_and_resumed(
     fake, dataset, tmp_path, monkeypatch, caplog
 ):
-    monkeypatch.setattr(dl, "MIN_RANGE", MiB)
+    monkeypatch.setattr(dl_ranges, "MIN_RANGE", MiB)
     # times=2: the one-byte probe request takes one (it never reaches 1 MiB), one range stalls
     fake.set_faults(
         [{"kind": "stall", "match": "session_2.nwb", "times": 2, "after_bytes": MiB,
@@ -397,7 +408,9 @@ def test_parallel_stalled_range_is_detected_and_resumed(
     dest = tmp_path / "s2.nwb"
     t0 = time.monotonic()
     with caplog.at_level("WARNING", logger="ecephys_pipeline.download"):
-        rec = download_file(url(fake, 2), dest, connections=4, read_timeout=1, **FAST)
+        rec = download_file(
+            url(fake, 2), dest, options=fast(connections_per_file=4, read_timeout_s=1)
+        )
     assert time.monotonic() - t0 < 10
     assert_clean_success(rec, dest, source(dataset, 2))
     assert any("Read timed out" in r.getMessage() for r in caplog.records)
@@ -410,7 +423,7 @@ def test_parallel_stalled_range_is_detected_and_resumed(
 def test_html_page_with_200_is_refused_clearly(fake, dataset, tmp_path):
     dest = tmp_path / "s3.nwb"
     with pytest.raises(DownloadError) as ei:
-        download_file(url(fake, 3), dest, **FAST)
+        download_file(url(fake, 3), dest, options=FAST)
     msg = str(ei.value)
     assert "not an HDF5 file" in msg and "error page" in msg and "503 Service Unavailable" in msg
     assert not dest.exists()
@@ -423,7 +436,7 @@ def test_html_body_injected_by_status_fault_is_refused(fake, tmp_path):
     )  # fmt: skip
     dest = tmp_path / "s1.nwb"
     with pytest.raises(DownloadError, match="not an HDF5 file"):
-        download_file(url(fake, 1), dest, **FAST)
+        download_file(url(fake, 1), dest, options=FAST)
     assert not dest.exists()
 
 
@@ -431,7 +444,7 @@ def test_every_attempt_failing_names_url_file_and_each_attempt(fake, tmp_path):
     fake.set_faults([{"kind": "status", "match": "session_1.nwb", "times": None, "code": 500}])
     dest = tmp_path / "s1.nwb"
     with pytest.raises(DownloadError) as ei:
-        download_file(url(fake, 1), dest, max_attempts=3, **FAST)
+        download_file(url(fake, 1), dest, options=fast(max_attempts=3))
     msg = str(ei.value)
     assert url(fake, 1) in msg and str(dest) in msg
     for i in (1, 2, 3):
@@ -442,7 +455,7 @@ def test_every_attempt_failing_names_url_file_and_each_attempt(fake, tmp_path):
 def test_404_is_not_retried(fake, tmp_path):
     n0 = len(fake.requests)
     with pytest.raises(DownloadError, match="HTTP 404.*not retried"):
-        download_file(f"{fake.url}{S3}/session_9/session_9.nwb", tmp_path / "x.nwb", **FAST)
+        download_file(f"{fake.url}{S3}/session_9/session_9.nwb", tmp_path / "x.nwb", options=FAST)
     assert len([r for r in new_requests(fake, n0) if r["method"] == "GET"]) == 1
 
 
@@ -450,7 +463,7 @@ def test_drops_mid_stream_keep_the_part_and_report_progress(fake, dataset, tmp_p
     fake.set_faults([{"kind": "drop_after", "match": "session_1.nwb", "times": None, "bytes": 0}])
     dest = tmp_path / "s1.nwb"
     with pytest.raises(DownloadError) as ei:
-        download_file(url(fake, 1), dest, max_attempts=2, **FAST)
+        download_file(url(fake, 1), dest, options=fast(max_attempts=2))
     assert "attempt 2" in str(ei.value) and not dest.exists()
 
 
@@ -496,16 +509,16 @@ def test_parallel_sigkill_resumes_each_range(fake, dataset, tmp_path):
     n_before = len(fake.requests)
     code = textwrap.dedent(
         f"""
-        from ecephys_pipeline import download as dl
-        dl.MIN_RANGE = 1 << 20
-        dl.download_file({url(fake, 2)!r}, {str(dest)!r}, connections=4)
+        from ecephys_pipeline.download import Options, download_file, ranges
+        ranges.MIN_RANGE = 1 << 20
+        download_file({url(fake, 2)!r}, {str(dest)!r}, options=Options(connections_per_file=4))
         """
     )
     child = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            meta = dl._read_json(sidecar) or {}
+            meta = read_json(sidecar) or {}
             if meta.get("ranges") and all(r[2] > 0 for r in meta["ranges"]):
                 break
             time.sleep(0.05)
@@ -522,7 +535,7 @@ def test_parallel_sigkill_resumes_each_range(fake, dataset, tmp_path):
     ranges = json.loads(sidecar.read_text())["ranges"]
     assert len(ranges) == 4 and all(0 < done < end - start for start, end, done in ranges)
     n0 = len(fake.requests)
-    rec = download_file(url(fake, 2), dest, connections=4)
+    rec = download_file(url(fake, 2), dest, options=Options(connections_per_file=4))
     assert_clean_success(rec, dest, source(dataset, 2))
     starts = sorted(int(r["range"][6:].split("-")[0]) for r in ranged(new_requests(fake, n0, 2)))
     assert starts == sorted(start + done for start, _end, done in ranges)
@@ -558,7 +571,7 @@ def test_part_larger_than_the_remote_file_restarts(fake, dataset, tmp_path):
     _complete_part(fake, dataset, dest, None)
     with open(f"{dest}.part", "ab") as f:
         f.write(b"junk" * 100)
-    rec = download_file(url(fake, 1), dest, **FAST)
+    rec = download_file(url(fake, 1), dest, options=FAST)
     assert_clean_success(rec, dest, source(dataset, 1))
 
 
@@ -572,7 +585,7 @@ def test_part_of_an_older_remote_version_is_not_spliced(fake, dataset, tmp_path)
     dest = tmp_path / "s1.nwb"
     _stale_part(fake, dest, SMALL_SIZE(dataset), '"older-version"')
     n0 = len(fake.requests)
-    rec = download_file(url(fake, 1), dest, **FAST)  # If-Range fails -> 200 -> restart at 0
+    rec = download_file(url(fake, 1), dest, options=FAST)  # If-Range fails -> 200 -> restart at 0
     assert_clean_success(rec, dest, source(dataset, 1))
     assert [r["status"] for r in ranged(new_requests(fake, n0, 1))] == [200]
 
@@ -589,7 +602,7 @@ def test_part_with_an_etag_other_than_the_lock_is_discarded(fake, dataset, tmp_p
 
 def test_second_downloader_of_the_same_file_is_refused(fake, tmp_path):
     dest = tmp_path / "s1.nwb"
-    with dl._DestLock(dest):
+    with dl_state.DestLock(dest):
         with pytest.raises(DownloadError, match="another process is downloading"):
             download_file(url(fake, 1), dest)
 
@@ -651,9 +664,13 @@ def test_lock_file_is_deterministic_and_checks(fake, dataset, tmp_path):
     assert list(doc["files"]) == ["session_1/session_1.nwb", "session_2/session_2.nwb"]
     assert set(doc["files"]["session_1/session_1.nwb"]) == {"size", "sha256", "url", "etag"}
     assert str(tmp_path) not in first.decode()  # relative paths only
-    for rec in recs:
-        check_against_lock(rec, doc)
+    # the files agree with their lock: fetch_nwb under the lock accepts them as they are
+    bucket = sources.Source("s3", fake.url)
+    n0 = len(fake.requests)
+    for sid, rec in zip((2, 1), recs, strict=True):
+        assert sources.fetch_nwb(bucket, rec.path, sid, cache_dir=cache, lock_file=lock) == rec
         assert expected_for(rec.path, doc, cache_dir=cache)["sha256"] == rec.sha256
+    assert new_requests(fake, n0) == []
 
 
 def test_lock_mismatch_is_an_error_and_sets_the_file_aside(fake, dataset, tmp_path):
@@ -666,15 +683,20 @@ def test_lock_mismatch_is_an_error_and_sets_the_file_aside(fake, dataset, tmp_pa
     doc["files"]["session_1/session_1.nwb"]["sha256"] = "ab" * 32
     lock.write_text(json.dumps(doc))
     doc = read_lock(lock)
+    # the file on disk differs from its lock entry: refused, set aside, and fetched again, whose
+    # bytes differ from the lock too
     with pytest.raises(LockMismatchError) as ei:
-        check_against_lock(rec, doc)
+        bucket = sources.Source("s3", fake.url)
+        sources.fetch_nwb(bucket, dest, 1, cache_dir=cache, lock_file=lock, options=FAST)
     msg = str(ei.value)
     assert "session_1/session_1.nwb" in msg and "ab" * 32 in msg and rec.sha256 in msg
     assert not dest.exists() and list(dest.parent.glob("session_1.nwb.mismatch-*"))
 
     # download_file with the (wrong) lock entry: refused every time, nothing at dest
     with pytest.raises(ChecksumMismatchError, match="ab" * 32):
-        download_file(url(fake, 1), dest, expected=expected_for(dest, doc), **FAST)
+        download_file(
+            url(fake, 1), dest, expected=expected_for(dest, doc, cache_dir=cache), options=FAST
+        )
     assert not dest.exists()
 
 
@@ -682,7 +704,9 @@ def test_remote_changed_since_lock_is_not_retried(fake, tmp_path):
     n0 = len(fake.requests)
     dest = tmp_path / "s1.nwb"
     with pytest.raises(DownloadError, match="remote file changed since the lock file"):
-        download_file(url(fake, 1), dest, expected={"etag": '"0123"', "url": url(fake, 1)}, **FAST)
+        download_file(
+            url(fake, 1), dest, expected={"etag": '"0123"', "url": url(fake, 1)}, options=FAST
+        )
     assert len(new_requests(fake, n0)) == 1 and not dest.exists()
 
 
@@ -717,6 +741,29 @@ def test_parse_retry_after():
     now = 1_700_000_000
     assert parse_retry_after("Tue, 14 Nov 2023 22:13:40 GMT", now=now) == pytest.approx(20)
     assert parse_retry_after("garbage") is None and parse_retry_after(None) is None
+
+
+def test_retry_policy_one_decision_per_failure():
+    def policy(**kw):
+        return dl_retry.RetryPolicy(backoff_base_s=1, backoff_max_s=10, rand=lambda: 1.0, **kw)
+
+    failed = dl_retry.AttemptFailed
+    p = policy(max_attempts=3)
+    # no progress: exponential backoff (full jitter at its top here), stop after max_attempts
+    assert [p.after(failed("HTTP 500"), 0, 100) for _ in range(3)] == [1, 2, None]
+    assert p.history[0] == "attempt 1: HTTP 500; .part has 0 of 100 bytes"
+    assert len(p.history) == 3 and not p.wrong_bytes
+    # progress resets the count: a connection that keeps dropping still finishes
+    p = policy(max_attempts=2)
+    assert all(p.after(failed("reset"), n, None) is not None for n in range(10, 100, 10))
+    # Retry-After is honoured up to backoff_max_s; fatal stops at once
+    assert policy(max_attempts=8).after(failed("503", retry_after=30), 0, None) == 10
+    assert policy(max_attempts=8).after(failed("404", fatal=True), 0, None) is None
+    # wrong bytes: at most MAX_VERIFY_FAILURES restarts, and the end is a checksum error
+    p = policy(max_attempts=100)
+    delays = [p.after(failed("sha256", bad_bytes=True), 0, 100) for _ in range(5)]
+    assert delays.index(None) == dl_retry.MAX_VERIFY_FAILURES - 1 == 2
+    assert p.wrong_bytes
 
 
 def test_remote_size_falls_back_to_range_get(fake, dataset):
@@ -772,7 +819,7 @@ def test_part_from_another_url_resumes_when_its_validator_matches(fake, dataset,
     _partial_part(dest, url(fake, 1), src.read_bytes()[:MiB], SMALL_SIZE(dataset), True)
     warehouse = f"{fake.url}//api/v2/well_known_file_download/9001"  # session_1 again
     n0 = len(fake.requests)
-    rec = download_file(warehouse, dest, **FAST)
+    rec = download_file(warehouse, dest, options=FAST)
     assert_clean_success(rec, dest, src)
     resumed = ranged(new_requests(fake, n0))
     assert resumed and resumed[0]["range"] == f"bytes={MiB}-" and resumed[0]["status"] == 206
@@ -784,6 +831,45 @@ def test_part_from_another_url_without_validator_starts_over(fake, dataset, tmp_
     warehouse = f"{fake.url}//api/v2/well_known_file_download/9001"  # session_1 again
     _partial_part(dest, warehouse, b"\0" * MiB, SMALL_SIZE(dataset), False)
     n0 = len(fake.requests)
-    rec = download_file(url(fake, 1), dest, **FAST)
+    rec = download_file(url(fake, 1), dest, options=FAST)
     assert_clean_success(rec, dest, source(dataset, 1))  # the zeros were not spliced in
     assert ranged(new_requests(fake, n0)) == []
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def _config_schema_download() -> dict:
+    """The ``download:`` section of the config schema, wherever the schema lives."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    for rel in ("src/ecephys_pipeline/schemas", "workflow/schemas"):
+        path = root / rel / "config.schema.yaml"
+        if path.exists():
+            return yaml.safe_load(path.read_text())["properties"]["download"]["properties"]
+    raise AssertionError("config.schema.yaml not found")
+
+
+def test_options_defaults_are_the_config_schemas():
+    """One default per setting: what the engine uses without a config is the config's default."""
+    schema = _config_schema_download()
+    engine = {f.name: f.default for f in dataclasses.fields(Options)}
+    plan_keys = {"preflight", "reserve_free_gb"}  # the plan's settings, not a transfer's
+    assert set(schema) - set(engine) == plan_keys
+    for key in set(schema) & set(engine):
+        assert engine[key] == schema[key]["default"], key
+    assert Options.from_config({k: v["default"] for k, v in schema.items()}) == Options()
+    assert Options.from_config({}) == Options()
+
+
+def test_options_from_config_takes_every_setting_and_names_unknown_ones():
+    section = {"max_attempts": 3, "read_timeout_s": 7.5, "connections_per_file": 4,
+               "verify_hdf5": False, "preflight": False, "reserve_free_gb": 0}  # fmt: skip
+    opts = Options.from_config(section)
+    assert (opts.max_attempts, opts.read_timeout_s, opts.connections_per_file) == (3, 7.5, 4)
+    assert opts.verify_hdf5 is False and opts.timeout == (opts.connect_timeout_s, 7.5)
+    with pytest.raises(ValueError, match="unknown setting.*read_timeout\\b"):
+        Options.from_config({"read_timeout": 30})
+    with pytest.raises(ValueError, match="at least 1"):
+        Options(max_attempts=0)

@@ -121,7 +121,7 @@ def _plan_run(args: argparse.Namespace) -> int:
 
     from .config import load_spec, load_workflow_config
     from .download import DownloadError
-    from .plan import check_space, plan_from_config
+    from .plan import InsufficientSpaceError, check_space, plan_from_config
     from .rma import RmaError
     from .selection import SelectionError
     from .sources import SourceError
@@ -147,7 +147,7 @@ def _plan_run(args: argparse.Namespace) -> int:
         the_plan.to_json(args.json)
     try:
         check_space(the_plan, reserve_bytes=int(config["download"]["reserve_free_gb"] * 1e9))
-    except DownloadError as e:
+    except InsufficientSpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

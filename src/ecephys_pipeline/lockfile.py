@@ -7,7 +7,8 @@ Format (deterministic: sorted keys, no timestamps, paths relative to ``cache_dir
                    {"size": 123, "sha256": "...", "url": "...", "etag": "..."}}}
 
 Two runs that fetched identical bytes write byte-identical lock files, so the lock can be committed
-and diffed. ``check_against_lock`` is what turns "the file changed" into a clear error.
+and diffed. A file is held to its entry by passing ``expected_for(...)`` to the download engine as
+the bytes it must have (``sources.fetch_nwb`` does); this module knows nothing of downloads.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class LockError(ValueError):
 
 
 class LockMismatchError(LockError):
-    """A file's size or sha256 differs from the lock file's entry."""
+    """A file is not in the lock file, or its bytes differ from the lock file's entry."""
 
 
 def _as_dict(record: Any) -> dict[str, Any]:
@@ -104,73 +105,10 @@ def read_lock(path: str | os.PathLike) -> dict[str, Any]:
     return doc
 
 
-def lock_key_for(
-    path: str | os.PathLike,
-    lock: Mapping[str, Any],
-    *,
-    cache_dir: str | os.PathLike | None = None,
-) -> str | None:
-    """The lock key of ``path``: relative to ``cache_dir`` if given, else the longest key that is a
-    path suffix of ``path``. None if the lock has no entry for it."""
-    files = lock.get("files", {})
-    if cache_dir is not None:
-        key = _relative_key(path, Path(cache_dir))
-        return key if key in files else None
-    posix = Path(os.path.abspath(path)).as_posix()
-    best = None
-    for key in files:
-        if (posix == key or posix.endswith("/" + key)) and (best is None or len(key) > len(best)):
-            best = key
-    return best
-
-
 def expected_for(
-    path: str | os.PathLike, lock: Mapping[str, Any], *, cache_dir: str | os.PathLike | None = None
+    path: str | os.PathLike, lock: Mapping[str, Any], *, cache_dir: str | os.PathLike
 ) -> dict[str, Any] | None:
-    """The lock entry for ``path`` (to pass as ``download_file(expected=...)``), or None."""
-    key = lock_key_for(path, lock, cache_dir=cache_dir)
-    return dict(lock["files"][key]) if key is not None else None
-
-
-def check_against_lock(
-    record: Any,
-    lock: Mapping[str, Any],
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    set_aside: bool = True,
-) -> None:
-    """Raise LockMismatchError if ``record``'s size or sha256 differs from the lock's entry.
-
-    On a mismatch the file is renamed to ``<path>.mismatch-<sha8>`` (and its record removed) so it
-    is never used, unless ``set_aside=False``. A file the lock does not list is an error too.
-    """
-    d = _as_dict(record)
-    path = Path(d["path"])
-    key = lock_key_for(path, lock, cache_dir=cache_dir)
-    if key is None:
-        raise LockMismatchError(
-            f"{path} is not in the lock file; add it by re-running the lock step "
-            "(or delete the lock file to accept the current remote files)"
-        )
-    want = lock["files"][key]
-    problems = []
-    if want.get("size") != d.get("size"):
-        problems.append(f"size {d.get('size')} bytes, the lock says {want.get('size')}")
-    if want.get("sha256") != d.get("sha256"):
-        problems.append(f"sha256 {d.get('sha256')}, the lock says {want.get('sha256')}")
-    if not problems:
-        return
-    moved = ""
-    if set_aside and path.exists():
-        from .download import set_aside as _set_aside  # local import: download imports us
-
-        aside = _set_aside(path, d.get("sha256") or "unknown", "mismatch")
-        moved = f" The file was moved to {aside} and is not used."
-    raise LockMismatchError(
-        f"{key} ({path}) does not match the lock file: "
-        + "; ".join(problems)
-        + f" (url {d.get('url')})."
-        + moved
-        + " If the remote file really changed, delete its entry from the lock file and re-run;"
-        " otherwise re-run to download it again."
-    )
+    """The lock entry for ``path`` in ``cache_dir`` (to pass as ``download_file(expected=...)``),
+    or None if the lock does not list it."""
+    entry = lock.get("files", {}).get(_relative_key(path, Path(cache_dir)))
+    return dict(entry) if entry is not None else None

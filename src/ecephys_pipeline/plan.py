@@ -3,17 +3,26 @@
 For every file of a selection (session NWB, LFP NWB where fetched) it records the source URL, the
 remote size (one HEAD each, several at a time), and what is already on disk (a finished file, or
 the bytes of a ``.part`` that will be resumed), then compares the bytes still to fetch with the
-free space of the cache directory.
+free space of the cache directory: the plan owns "does it fit".
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import atomic, download, layout, metadata, rma, sources
+
+log = logging.getLogger(__name__)
+
+
+class InsufficientSpaceError(RuntimeError):
+    """Preflight: the plan does not fit on the cache's file system."""
 
 
 @dataclass
@@ -102,21 +111,86 @@ def make_plan(
             size = dest.stat().st_size  # adopted or finished: no request needed
         else:
             size = download.remote_size(url)
-        return PlannedFile(rel, session_id, probe_id, url, size, download.bytes_present(dest, size))
+        return PlannedFile(rel, session_id, probe_id, url, size, bytes_present(dest, size))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         files = list(pool.map(one, planned_files(selection)))
-    where = cache_dir if cache_dir.exists() else download.existing_ancestor(cache_dir)
-    return Plan(str(cache_dir), files, shutil.disk_usage(where).free)
+    return Plan(str(cache_dir), files, shutil.disk_usage(existing_ancestor(cache_dir)).free)
 
 
 def check_space(plan: Plan, *, reserve_bytes: int = 1 << 30) -> None:
     """Refuse a plan that does not fit, before any byte is fetched."""
-    download.check_free_space(
+    check_free_space(
         [(Path(plan.cache_dir) / f.path, f.size) for f in plan.files],
         plan.cache_dir,
         reserve_bytes=reserve_bytes,
     )
+
+
+def existing_ancestor(path: Path) -> Path:
+    """``path`` or its nearest existing parent: where its free space is measured."""
+    path = Path(os.path.abspath(path))
+    for p in (path, *path.parents):
+        if p.exists():
+            return p
+    return path  # pragma: no cover - "/" always exists
+
+
+def bytes_present(dest: str | os.PathLike, size: int | None) -> int:
+    """Bytes of ``dest`` already on disk that a download will keep: the finished file, or what
+    its resumable ``.part`` holds (as the download engine counts it), at most ``size``."""
+    dest = Path(dest)
+    if dest.exists():
+        return dest.stat().st_size
+    if size is None:
+        return 0
+    return min(download.resumable_bytes(dest), size)
+
+
+def check_free_space(
+    paths_and_sizes: Iterable[tuple[str | os.PathLike, int | None]],
+    cache_dir: str | os.PathLike,
+    *,
+    reserve_bytes: int = 1 << 30,
+) -> int:
+    """Refuse (InsufficientSpaceError) before any byte is fetched if the plan does not fit.
+
+    ``paths_and_sizes``: final paths and their remote sizes. Files already at their path count 0;
+    bytes already in ``.part`` files are subtracted. ``reserve_bytes`` is kept free on top.
+    Returns the bytes still to fetch.
+    """
+    need = 0
+    in_parts = 0
+    n = 0
+    unknown = []
+    for path, size in paths_and_sizes:
+        path = Path(path)
+        if path.exists():
+            continue
+        if size is None:
+            unknown.append(path)
+            continue
+        n += 1
+        have = bytes_present(path, size)
+        in_parts += have
+        need += size - have
+    where = existing_ancestor(Path(cache_dir))
+    free = shutil.disk_usage(where).free
+    if unknown:
+        log.warning(
+            "%d files have an unknown size and are not in the space check, e.g. %s",
+            len(unknown),
+            unknown[0],
+        )
+    if need + reserve_bytes > free:
+        raise InsufficientSpaceError(
+            f"the downloads need {need / 1e9:.1f} GB more ({n} files; "
+            f"{in_parts / 1e9:.1f} GB already in .part files) plus a {reserve_bytes / 1e9:.1f} GB "
+            f"reserve, but only {free / 1e9:.1f} GB is free in {where}; free space or point "
+            f"cache_dir elsewhere (or select fewer sessions / set fetch_lfp: false)"
+        )
+    log.info("preflight: %.1f GB to fetch, %.1f GB free in %s", need / 1e9, free / 1e9, where)
+    return need
 
 
 def plan_from_config(config: dict) -> tuple[dict, Plan]:

@@ -8,13 +8,14 @@ All three give the same files under the same relative paths (AllenSDK's cache la
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import pandas as pd
 
-from . import layout, metadata, rma
+from . import download, layout, lockfile, metadata, rma
 
 S3_PREFIX = "visual-coding-neuropixels/ecephys-cache"
 KINDS = ("warehouse", "s3", "local")
@@ -112,42 +113,28 @@ def nwb_url(
 
 
 def _copy_local(src: Path, dest: Path, *, expected: dict | None, verify_hdf5: bool):
-    """Copy a file from a local AllenSDK cache with the guarantees of a download: hashed in the
-    same pass, compared with ``expected``, opened as HDF5, then renamed into place."""
-    import hashlib
-    import os
-
-    from . import download
-
+    """Copy a file from a local AllenSDK cache with the guarantees of a download: through its
+    ``.part``, hashed in the same pass, verified like a download, then placed with its record."""
     if not src.exists():
         raise SourceError(f"{src} does not exist in the local source")
-    part = download.part_path(dest)
-    digest, size = hashlib.sha256(), 0
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(src, "rb") as fin, open(part, "wb") as fout:
-        while chunk := fin.read(download.CHUNK):
-            digest.update(chunk)
-            fout.write(chunk)
-            size += len(chunk)
-        fout.flush()
-        os.fsync(fout.fileno())
-    sha = digest.hexdigest()
-    problems = download.mismatches(size, sha, expected or {})
-    if not problems and verify_hdf5:
-        problem = download.hdf5_problem(part)
-        if problem:
-            problems.append(f"{src} {problem}")
+    part = download.PartState(dest)
+    digest = part.copy_from(src)
+    problems = download.verify(
+        part.part, digest, expected or {}, verify_hdf5=verify_hdf5, subject=str(src)
+    )
     if problems:
-        aside = download.set_aside(part, sha, "mismatch", dest=dest)
+        aside = part.set_aside("mismatch")
         raise download.ChecksumMismatchError(
             f"{src} was not copied to {dest}: {'; '.join(problems)}; the copy is at {aside}"
         )
-    os.replace(part, dest)
     record = download.DownloadRecord(
-        path=os.path.abspath(dest), size=size, sha256=sha, url=src.resolve().as_uri()
+        path=os.path.abspath(dest),
+        size=digest.size,
+        sha256=digest.sha256,
+        url=src.resolve().as_uri(),
     )
-    download.write_record(dest, record)
-    return record
+    return part.place(record)
 
 
 def fetch_nwb(
@@ -158,40 +145,43 @@ def fetch_nwb(
     *,
     cache_dir: str | Path,
     lock_file: str | Path | None = None,
-    options: dict | None = None,
+    options: download.Options | None = None,
 ):
     """Put one NWB file at ``dest``, verified and recorded; adopt it if it is already there.
 
-    ``options`` are the config's ``download`` section. With ``lock_file`` the bytes must match
-    that lock file's entry, whether downloaded now or already present.
+    ``options``: how to transfer (built once from the config's ``download`` section). With
+    ``lock_file`` the bytes must match that lock file's entry, whether downloaded now or already
+    present; a file that does not is set aside and the error (LockMismatchError) says so.
     """
-    from . import download
-
     dest = Path(dest)
-    options = options or {}
+    options = options or download.Options()
     expected = None
+    rel = layout.nwb_path(session_id, probe_id)
     if lock_file:
-        lock = download.read_lock(lock_file)
-        expected = download.expected_for(dest, lock, cache_dir=cache_dir)
+        expected = lockfile.expected_for(dest, lockfile.read_lock(lock_file), cache_dir=cache_dir)
         if expected is None:
-            raise download.LockMismatchError(
-                f"{layout.nwb_path(session_id, probe_id)} is not in the lock file {lock_file}: "
+            raise lockfile.LockMismatchError(
+                f"{rel} is not in the lock file {lock_file}: "
                 "the selection asks for a file the pinned run did not have; remove lock_file "
                 "from the config to accept new files"
             )
-    verify_hdf5 = options.get("verify_hdf5", True)
+    try:
+        return _fetch(source, dest, session_id, probe_id, expected, options)
+    except download.ChecksumMismatchError as e:
+        if expected is None:
+            raise
+        raise lockfile.LockMismatchError(
+            f"{rel} does not match the lock file {lock_file}: {e}\nIf the remote file really "
+            "changed, delete its entry from the lock file and re-run; otherwise re-run to "
+            "download it again."
+        ) from e
+
+
+def _fetch(source: Source, dest: Path, session_id, probe_id, expected, options):
     if source.kind == "local":
         src = Path(source.url) / layout.nwb_path(session_id, probe_id)
         if dest.exists():
-            return download.adopt_existing(dest, expected, verify_hdf5=verify_hdf5)
-        return _copy_local(src, dest, expected=expected, verify_hdf5=verify_hdf5)
+            return download.adopt_existing(dest, expected, verify_hdf5=options.verify_hdf5)
+        return _copy_local(src, dest, expected=expected, verify_hdf5=options.verify_hdf5)
     url = nwb_url(source, session_id, probe_id)
-    return download.download_file(
-        url,
-        dest,
-        expected=expected,
-        read_timeout=options.get("read_timeout_s", 60),
-        max_attempts=options.get("max_attempts", 8),
-        connections=options.get("connections_per_file", 1),
-        verify_hdf5=verify_hdf5,
-    )
+    return download.download_file(url, dest, expected=expected, options=options)

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from ecephys_pipeline import logs, sources
+from ecephys_pipeline import download, logs, sources
 
 logs.to_file(snakemake.log[0])
 probe_id = snakemake.wildcards.get("probe_id")
@@ -11,5 +11,5 @@ sources.fetch_nwb(
     int(probe_id) if probe_id else None,
     cache_dir=Path(snakemake.output.nwb).parents[1],
     lock_file=snakemake.params.lock_file,
-    options=snakemake.params.options,
+    options=download.Options.from_config(snakemake.params.options),
 )

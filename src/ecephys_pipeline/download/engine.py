@@ -1,0 +1,214 @@
+"""``download_file`` and ``adopt_existing``: a file at its final path only once verified.
+
+The composition of the pieces: the lock on the destination, a file already there (trusted by its
+record, else re-hashed and adopted, else set aside), then attempts of a :class:`Transfer` until
+the retry policy says stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from .digests import Digester
+from .errors import ChecksumMismatchError, DownloadError
+from .http import new_session, remote_info, short_exc
+from .options import Options
+from .progress import Progress, fmt_bytes
+from .record import DownloadRecord, expected_fields, fresh_record, read_record, write_record
+from .retry import AttemptFailed, RetryPolicy
+from .state import DestLock, PartState, mismatches, set_aside, verify
+from .transfer import NETWORK_ERRORS, Transfer
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[int, int | None], None] | logging.Logger | None
+
+
+def download_file(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    expected: Any = None,
+    options: Options = Options(),  # noqa: B008 - frozen, so one shared default is safe
+    session: requests.Session | None = None,
+    progress: Sink = None,
+) -> DownloadRecord:
+    """Download ``url`` to ``dest`` (verified, atomic, resumable); return its record.
+
+    ``expected``: a DownloadRecord or lock entry (size, sha256, etag, url) the bytes must match.
+    ``options``: timeouts, attempts, parallel connections, HDF5 check (see :class:`Options`).
+    ``progress``: a logger (default: the engine's) or a callable ``(done_bytes, total_bytes)``,
+    called at most every few seconds. ``session``: shared by threads downloading other files.
+    Raises DownloadError (ChecksumMismatchError for wrong bytes) naming the file, the URL and
+    every attempt.
+    """
+    dest = Path(dest)
+    exp = expected_fields(expected)
+    own_session = session is None
+    if own_session:
+        session = new_session(pool=options.connections_per_file)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with DestLock(dest):
+            if dest.exists():
+                rec = _present(dest, url, exp, session, options.verify_hdf5, progress)
+                if rec is not None:
+                    return rec
+            return _download(url, dest, exp, session, options, progress)
+    finally:
+        if own_session:
+            session.close()
+
+
+def _present(
+    dest: Path, url: str, exp: dict[str, Any], session, verify_hdf5: bool, progress: Sink
+) -> DownloadRecord | None:
+    """``dest`` exists: return its record if it is the right file, else set it aside (None)."""
+    rec = fresh_record(dest)
+    if rec is not None and not mismatches(rec.size, rec.sha256, exp):
+        log.info("%s: already downloaded (record matches size and mtime; not re-hashed)", dest)
+        PartState(dest).discard()
+        return rec
+    old = read_record(dest)
+    try:
+        rec = adopt_existing(
+            dest,
+            exp or (old.to_dict() if old else None),
+            url=url,
+            session=session,
+            verify_hdf5=verify_hdf5,
+            progress=progress,
+        )
+    except ChecksumMismatchError as e:
+        log.warning("%s; downloading it again", e)
+        return None
+    PartState(dest).discard()
+    return rec
+
+
+def _download(
+    url: str, dest: Path, exp: dict[str, Any], session, options: Options, progress: Sink
+) -> DownloadRecord:
+    sink = progress or log
+    state = PartState(dest, sink=sink)
+    state.load(url, exp)
+    t = Transfer(url, state, exp, session, options, sink)
+    n = options.connections_per_file
+    log.info("downloading %s from %s%s", dest.name, url, f" with {n} connections" if n > 1 else "")
+    policy = RetryPolicy(
+        max_attempts=options.max_attempts,
+        backoff_base_s=options.backoff_base_s,
+        backoff_max_s=options.backoff_max_s,
+        start_bytes=state.kept(),
+    )
+    t0 = time.monotonic()
+    while True:
+        try:
+            rec = t.attempt()
+        except AttemptFailed as e:
+            fail = e
+        except NETWORK_ERRORS as e:
+            fail = AttemptFailed(f"{type(e).__name__}: {short_exc(e)}")
+        else:
+            _report_done(t, rec, time.monotonic() - t0)
+            return rec
+        delay = policy.after(fail, state.kept(), state.total)
+        if delay is None:
+            break
+        log.warning("%s: %s; retrying in %.1f s", dest.name, policy.history[-1], delay)
+        time.sleep(delay)
+    raise _final_error(url, state, policy)
+
+
+def _report_done(t: Transfer, rec: DownloadRecord, dt: float) -> None:
+    if t.prog is not None and not t.prog.to_logger:
+        t.prog.update(rec.size)
+        t.prog.emit()  # a callable gets a final (size, size)
+    log.info(
+        "%s: done, %s in %.1f s (%.1f MB/s), sha256 %s",
+        t.name,
+        fmt_bytes(rec.size),
+        dt,
+        t.fetched / max(dt, 1e-9) / 1e6,
+        rec.sha256,
+    )
+
+
+def _final_error(url: str, state: PartState, policy: RetryPolicy) -> DownloadError:
+    dest, history = state.dest, policy.history
+    part_note = (
+        f"The partial file {state.part} ({fmt_bytes(state.size())}) is kept; re-running resumes "
+        "from it."
+        if state.size()
+        else f"Nothing was written to {dest}."
+    )
+    cls = ChecksumMismatchError if policy.wrong_bytes else DownloadError
+    return cls(
+        f"could not download {dest.name} to {dest} from {url} "
+        f"({len(history)} attempt{'s' if len(history) != 1 else ''}):\n  "
+        + "\n  ".join(history)
+        + f"\n{part_note}"
+    )
+
+
+def adopt_existing(
+    dest: str | os.PathLike,
+    expected: Any = None,
+    *,
+    url: str | None = None,
+    session: requests.Session | None = None,
+    verify_hdf5: bool = True,
+    progress: Sink = None,
+) -> DownloadRecord:
+    """Take a file that is already at ``dest`` (e.g. an AllenSDK cache) into the cache: hash it,
+    compare with ``expected`` (size/sha256), or, without one, with the remote size of ``url``;
+    open it as HDF5; write its record. A mismatch moves the file aside and raises."""
+    dest = Path(dest)
+    exp = expected_fields(expected)
+    prog = Progress(dest.name, dest.stat().st_size, progress or log, what="hashed")
+    digest = Digester.of_file(dest, progress=prog.update)
+    n, sha = digest.size, digest.sha256
+    problems = mismatches(n, sha, exp)
+    remote: dict[str, Any] = {}
+    if url is not None and not problems:
+        remote, problem = _ask_remote(url, session, dest, n, exp)
+        problems += problem
+    if not problems:
+        problems = verify(dest, digest, {}, verify_hdf5=verify_hdf5)
+    if problems:
+        aside = set_aside(dest, sha, "mismatch")
+        raise ChecksumMismatchError(
+            f"existing file {dest} was not adopted: {'; '.join(problems)}. "
+            f"It was moved to {aside}; re-run to download it again."
+        )
+    rec = DownloadRecord(
+        path=str(Path(os.path.abspath(dest))),
+        size=n,
+        sha256=sha,
+        url=url if url is not None else exp.get("url"),
+        etag=remote.get("etag") if remote.get("etag") is not None else exp.get("etag"),
+        last_modified=remote.get("last_modified"),
+    )
+    write_record(dest, rec)
+    log.info("adopted existing %s (%s, sha256 %s)", dest, fmt_bytes(n), sha[:12])
+    return rec
+
+
+def _ask_remote(url, session, dest: Path, n: int, exp: dict) -> tuple[dict[str, Any], list[str]]:
+    """The validators of ``url`` and, without an expected size, whether its size is ``n``."""
+    try:
+        info = remote_info(url, session)
+    except (requests.RequestException, DownloadError) as e:
+        log.warning("could not ask %s for its size (%s); adopting %s unchecked", url, e, dest)
+        return {}, []
+    problems = []
+    if not exp.get("size") and info.size is not None and info.size != n:
+        problems.append(f"size {n} bytes, but the server has {info.size} bytes")
+    return {"etag": info.etag, "last_modified": info.last_modified}, problems

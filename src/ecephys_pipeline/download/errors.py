@@ -1,0 +1,11 @@
+"""The download engine's exceptions: what a caller catches."""
+
+from __future__ import annotations
+
+
+class DownloadError(RuntimeError):
+    """A download failed; the message names the file, the URL and every attempt."""
+
+
+class ChecksumMismatchError(DownloadError):
+    """The bytes are not the expected ones (size or sha256)."""
