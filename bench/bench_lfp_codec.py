@@ -97,7 +97,8 @@ def v2_compressor(name: str):
         _, codec, shuffle = name.split("-")
         cname = "zstd" if codec.startswith("zstd") else "lz4"
         level = int(codec.removeprefix("zstd")) if cname == "zstd" else 5
-        mode = {"shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}.get(shuffle, Blosc.NOSHUFFLE)
+        modes = {"shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
+        mode = modes.get(shuffle, Blosc.NOSHUFFLE)
         return Blosc(cname=cname, clevel=level, shuffle=mode)
     if name.startswith("zlib"):
         return Zlib(level=int(name.removeprefix("zlib")))
