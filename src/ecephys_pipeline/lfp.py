@@ -278,6 +278,9 @@ def _series_attrs(src: LfpSource) -> dict[str, Any]:
     """Attributes of both ``lfp`` arrays: every slice of them carries the invalid times."""
     return {
         "units": "V",
+        "session_id": src.session_id,
+        "probe_id": src.probe_id,
+        "probe_name": src.probe_name,
         "coordinates": " ".join(CHANNEL_COORDS),
         "invalid_times": [
             {"start_time": i.start_time, "stop_time": i.stop_time, "tags": i.tags}
@@ -313,6 +316,8 @@ def convert_lfp(
         )
     src = read_source(lfp_nwb, session_nwb)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a killed earlier run
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         # 64 MiB chunk cache: a row of the NWB's HDF5 chunks across all channels stays cached, so
