@@ -35,6 +35,7 @@ include: "workflow/rules/metadata.smk"
 include: "workflow/rules/select.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/extract.smk"
+include: "workflow/rules/lfp.smk"
 
 
 localrules:

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 
 import workflow_helpers as helpers
-from ecephys_pipeline import extract, metadata, selection, synth
+from ecephys_pipeline import extract, lfp, metadata, selection, synth
 from ecephys_pipeline.fake import FakeWarehouse
 from ecephys_pipeline.sources import Source, fetch_table
 
@@ -198,6 +198,11 @@ def run(synth_dataset, tmp_path_factory):
         if p["use_lfp_data"]
     }
 
+    # our LFP stores for the session's LFP files
+    stores = {
+        pid: lfp.convert_lfp(path, nwb, tmp / "lfp" / f"probe_id={pid}.zarr")
+        for pid, path in lfp_files.items()
+    }
     # our Parquet for every session, every unit
     parquet = tmp / "parquet"
     session_files = {str(s): str(root / f"files/session_{s}/session_{s}.nwb") for s in by_session}
@@ -262,6 +267,7 @@ def run(synth_dataset, tmp_path_factory):
         "lfp_probe": lfp_probe,
         "no_lfp_probe": no_lfp_probe,
         "lfp_files": lfp_files,
+        "lfp_stores": stores,
         "parquet": parquet,
         "catalogue_root": catalogue_root,
         "catalogue": catalogue,
@@ -712,6 +718,54 @@ def test_lfp_files_open_in_allensdk(run):
             problems.append(f"LFP {pid}: AllenSDK's data differ from the file's")
         if not np.array_equal(run["arrays"][f"lfp_time_{pid}"], times):
             problems.append(f"LFP {pid}: AllenSDK's timestamps differ from the file's")
+    check(problems)
+
+
+def test_lfp_stores_equal_allensdk_get_lfp_both_masking_modes(run):
+    """Our Zarr store of every LFP file = AllenSDK's get_lfp(pid), unmasked and masked (NaN in
+    the session's invalid intervals for that probe), value for value, time and channel ids."""
+    arrays = run["arrays"]
+    problems, masked_total = [], 0
+    for pid, store in run["lfp_stores"].items():
+        ours = lfp.open_store(store).lfp
+        for mode, key in ((False, "lfp"), (True, "lfp_masked")):
+            theirs = arrays[f"{key}_data_{pid}"]
+            mine = lfp.get_lfp(store, mask_invalid_intervals=mode)
+            if mine.dtype != theirs.dtype or not np.array_equal(
+                mine.values, theirs, equal_nan=True
+            ):
+                diff = int(
+                    (~((mine.values == theirs) | (np.isnan(mine.values) & np.isnan(theirs)))).sum()
+                )
+                problems.append(f"get_lfp({pid}, mask={mode}): {diff} values differ "
+                                f"(dtype ours={mine.dtype} AllenSDK={theirs.dtype})")  # fmt: skip
+            for coord in ("time", "channel"):
+                if not np.array_equal(mine[coord].values, arrays[f"{key}_{coord}_{pid}"]):
+                    problems.append(f"get_lfp({pid}, mask={mode}): {coord} coordinate differs")
+        masked_total += int(np.isnan(arrays[f"lfp_masked_data_{pid}"]).any(axis=1).sum())
+        if list(ours.dims) != ["time", "channel"]:
+            problems.append(f"store {pid}: dims {ours.dims}")
+    check(problems)
+    assert masked_total > 0, "the synthetic session's invalid intervals mask some LFP samples"
+    theirs = section(run, "nwb")["invalid_times"]
+    ours = lfp.open_store(next(iter(run["lfp_stores"].values()))).lfp.attrs["invalid_times"]
+    assert [[i["start_time"], i["stop_time"], i["tags"]] for i in ours] == theirs["rows"]
+
+
+def test_csd_equals_allensdk_get_current_source_density(run):
+    arrays = run["arrays"]
+    problems = []
+    for pid, store in run["lfp_stores"].items():
+        csd = lfp.get_current_source_density(store)
+        if list(csd.dims) != arrays[f"csd_dims_{pid}"].tolist():
+            problems.append(f"CSD {pid}: dims ours={csd.dims} AllenSDK={arrays[f'csd_dims_{pid}']}")
+        if not np.array_equal(csd.values, arrays[f"csd_data_{pid}"]):
+            problems.append(f"CSD {pid}: values differ")
+        for name in ("virtual_channel_index", "time", "vertical_position", "horizontal_position"):
+            theirs = arrays[f"csd_{name}_{pid}"]
+            if csd[name].dtype != theirs.dtype or not np.array_equal(csd[name].values, theirs):
+                problems.append(f"CSD {pid}: {name} ours={csd[name].values[:3]} ({csd[name].dtype})"
+                                f" AllenSDK={theirs[:3]} ({theirs.dtype})")  # fmt: skip
     check(problems)
 
 

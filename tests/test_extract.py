@@ -848,9 +848,9 @@ def _doc_tables() -> dict[str, list[tuple[str, str]]]:
     tables: dict[str, list[tuple[str, str]]] = {}
     current = None
     for line in text.splitlines():
-        m = re.match(r"^## (\w+)\s*$", line)
-        if m:
-            current = m.group(1) if m.group(1) in DATASETS else None
+        if line.startswith("#"):  # any heading ends a dataset's table (e.g. "# LFP stores")
+            m = re.match(r"^## (\w+)\s*$", line)
+            current = m.group(1) if m and m.group(1) in DATASETS else None
             continue
         if current and line.startswith("| `"):
             cells = [c.strip() for c in line.strip("|").split("|")]

@@ -41,9 +41,10 @@ def two_sessions(unit_filters: str = "") -> str:
 
 
 def final_state(workdir: Path) -> dict[str, str]:
-    """sha256 of every Parquet output and of every input NWB file."""
+    """sha256 of every Parquet output, every file of the LFP stores and every input NWB file."""
     cache = workdir / "resources/allen_cache"
     state = helpers.checksums(workdir / "results/parquet")
+    state |= {f"lfp/{k}": v for k, v in helpers.checksums(workdir / "results/lfp", "**/*").items()}
     state |= {f"cache/{k}": v for k, v in helpers.checksums(cache, "session_*/*.nwb").items()}
     return state
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import xarray as xr
 
 import workflow_helpers as helpers
 
@@ -34,9 +35,10 @@ def nwb_spikes(path: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     workdir = helpers.copy_workflow(tmp_path_factory.mktemp("demo"))
-    # every unit, so that every unit of every NWB can be compared with the Parquet
+    # every unit, so that every unit of every NWB can be compared with the Parquet; with LFP,
+    # which the demo config turns into stores
     spec = workdir / "config" / "all_units.yaml"
-    spec.write_text(helpers.ALL_UNITS_SPEC)
+    spec.write_text(helpers.ALL_UNITS_SPEC + "fetch_lfp: true\n")
     first = helpers.run_snakemake(workdir, "--config", f"selection={spec.relative_to(workdir)}")
     return workdir, first
 
@@ -110,6 +112,61 @@ def test_readme_queries_agree_across_pandas_polars_duckdb(demo_run, monkeypatch)
     by_duckdb = results[2].set_index("unit_id")["n_spikes"].sort_index()
     assert len(by_pandas) > 0 and by_pandas.sum() > 0
     assert by_pandas.to_dict() == by_polars.to_dict() == by_duckdb.to_dict()
+
+
+def test_demo_builds_one_lfp_store_per_lfp_file(demo_run):
+    """lfp_arrays.enabled in the demo config: every downloaded LFP NWB has its store, equal to
+    the file (the store's own checks are in test_lfp.py)."""
+    workdir, _ = demo_run
+    cache = workdir / "resources/allen_cache"
+    lfp_files = sorted(cache.glob("session_*/probe_*_lfp.nwb"))
+    assert lfp_files
+    for path in lfp_files:
+        sid = path.parent.name.removeprefix("session_")
+        pid = path.name.split("_")[1]
+        store = workdir / f"results/lfp/session_id={sid}/probe_id={pid}.zarr"
+        ds = xr.open_zarr(store)
+        with h5py.File(path, "r") as f:
+            series = f[f"acquisition/probe_{pid}_lfp/probe_{pid}_lfp_data"]
+            assert np.array_equal(ds.lfp.values, series["data"][()])
+            assert np.array_equal(ds.time.values, series["timestamps"][()])
+        record = json.loads(path.with_name(path.name + ".download.json").read_text())
+        assert ds.attrs["source_sha256"] == record["sha256"]
+        assert (ds.attrs["session_id"], ds.attrs["probe_id"]) == (int(sid), int(pid))
+    assert len(list((workdir / "results/lfp").glob("*/*.zarr"))) == len(lfp_files)
+
+
+def test_readme_lfp_query_reads_the_visp_window(demo_run, monkeypatch):
+    """The README's LFP query, as written there: 10 s of VISp channels around the first flash
+    equal the NWB's samples in that window on those channels."""
+    workdir, _ = demo_run
+    readme = (helpers.REPO / "README.md").read_text()
+    section = readme[readme.index("### Reading the LFP stores") : readme.index("### Reading the P")]
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    monkeypatch.chdir(workdir)
+    namespace: dict = {}
+    exec(block, namespace)  # noqa: S102 - the README's own example code
+    windows = namespace["windows"]
+    assert windows, "the demo has a probe in VISp with LFP around a flash"
+    stimuli = pd.read_parquet(workdir / "results/parquet/stimulus_presentations")
+    for window in windows:
+        sid, pid = window.attrs["session_id"], window.attrs["probe_id"]
+        flashes = stimuli[(stimuli.session_id == sid) & (stimuli.stimulus_name == "flashes")]
+        t = flashes.start_time.min()
+        nwb = workdir / f"resources/allen_cache/session_{sid}/probe_{pid}_lfp.nwb"
+        with h5py.File(nwb, "r") as f:
+            series = f[f"acquisition/probe_{pid}_lfp/probe_{pid}_lfp_data"]
+            times = series["timestamps"][()]
+            rows = (times >= t - 5) & (times <= t + 5)
+            ids = f["general/extracellular_ephys/electrodes/id"][()]
+            areas = f["general/extracellular_ephys/electrodes/location"].asstr()[()]
+            cols = areas == "VISp"
+            want = series["data"][()][rows][:, cols]
+        assert rows.sum() > 0 and cols.sum() > 0
+        assert window.shape == want.shape
+        assert np.array_equal(window.values, want)
+        assert np.array_equal(window.channel.values, ids[cols])
+        assert np.array_equal(window.time.values, times[rows])
 
 
 def test_rule_scripts_find_the_package_without_an_install(tmp_path):

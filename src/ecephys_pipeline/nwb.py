@@ -241,6 +241,15 @@ class UnitsTable:
         return len(self.unit_id)
 
 
+@dataclass
+class InvalidInterval:
+    """One row of ``/intervals/invalid_times``: tags are ``[scope, id, label]`` (N§1.5)."""
+
+    start_time: float
+    stop_time: float
+    tags: list[str]
+
+
 # --------------------------------------------------------------------------------------------
 # session file
 
@@ -323,115 +332,12 @@ class NwbSession:
 
     def probes(self) -> Probes:
         """Probes from the electrode groups (+ devices for Gen-2 sampling rates)."""
-        ee = self.f.get("general/extracellular_ephys")
-        rows = []
-        if ee is not None:
-            for gname in ee:
-                g = ee.get(gname)
-                if not isinstance(g, h5py.Group) or gname == "electrodes":
-                    continue
-                rows.append(self._probe_row(gname, g))
-        rows.sort(key=lambda r: (r[1], r[0]))
-        return Probes(
-            probe_id=np.array([r[0] for r in rows], dtype=np.int64),
-            name=np.array([r[1] for r in rows], dtype=object),
-            sampling_rate=np.array([r[2] for r in rows], dtype=np.float64),
-            lfp_sampling_rate=np.array([r[3] for r in rows], dtype=np.float64),
-            has_lfp_data=np.array([r[4] for r in rows], dtype=bool),
-        )
-
-    def _probe_row(self, gname: str, g: h5py.Group) -> tuple[int, str, float, float, bool]:
-        a = g.attrs
-        if "probe_id" in a:  # Gen-2: group named probeX, id in an attribute
-            pid = int(a["probe_id"])
-            name = gname
-        elif gname.isdigit():  # Gen-1: group named by the probe id, name in description
-            pid = int(gname)
-            name = _attr_str(g, "description") or gname
-        else:
-            raise NwbError(f"{self.path}: electrode group {gname!r} has no probe_id")
-        sr = a.get("sampling_rate")
-        if sr is None:
-            dev = None
-            try:
-                dev = g.get("device")
-            except (KeyError, ValueError):
-                dev = None
-            if dev is None:
-                dev = self.f.get(f"general/devices/{gname}")
-            if dev is not None:
-                sr = dev.attrs.get("sampling_rate")
-        lfp = a.get("lfp_sampling_rate")
-        has = a.get("has_lfp_data")
-        return (
-            pid,
-            name,
-            float(sr) if sr is not None else np.nan,
-            float(lfp) if lfp is not None else np.nan,
-            bool(has) if has is not None else False,
-        )
+        return read_probes(self.f, self.path)
 
     # -- electrodes ----------------------------------------------------------------------
 
     def electrodes(self) -> Electrodes:
-        path = "general/extracellular_ephys/electrodes"
-        if path not in self.f:
-            raise NwbError(f"{self.path}: no {path} table")
-        g = self.f[path]
-        n = g["id"].shape[0]
-        cols = set(g.keys())
-
-        def num(name: str, dtype: type = np.float64) -> np.ndarray:
-            if name not in cols:
-                return np.full(n, np.nan, dtype=np.float64)
-            ds = g[name]
-            if _is_string_dtype(ds.dtype):
-                return strings_to_float(read_strings(ds), what=f"{self.path}: electrodes/{name}")
-            return ds[()].astype(dtype, copy=False)
-
-        if "local_index" in cols and "probe_channel_number" in cols:
-            raise NwbError(
-                f"{self.path}: electrodes has both 'local_index' and 'probe_channel_number'"
-            )
-        li_name = "local_index" if "local_index" in cols else "probe_channel_number"
-        if li_name not in cols:
-            raise NwbError(
-                f"{self.path}: electrodes has neither 'local_index' nor 'probe_channel_number'"
-            )
-        if "probe_id" in cols:
-            probe_id = g["probe_id"][()].astype(np.int64)
-        elif "group_name" in cols:
-            names = read_strings(g["group_name"])
-            p = self.probes()
-            lut = dict(zip(p.name.tolist(), p.probe_id.tolist(), strict=True))
-            probe_id = np.array([lut[x] for x in names], dtype=np.int64)
-        else:
-            raise NwbError(f"{self.path}: electrodes has no probe_id column")
-
-        if "location" in cols:  # Gen-2
-            acr = read_strings(g["location"])
-        elif "manual_structure_acronym" in cols:  # Gen-1
-            ds = g["manual_structure_acronym"]
-            acr = read_strings(ds) if _is_string_dtype(ds.dtype) else ds[()].astype(object)
-        else:
-            acr = np.full(n, None, dtype=object)
-        acr = np.array(
-            [None if (a is None or a in ("", "None") or a != a) else str(a) for a in acr],
-            dtype=object,
-        )
-        valid = g["valid_data"][()].astype(bool) if "valid_data" in cols else np.ones(n, bool)
-        return Electrodes(
-            channel_id=g["id"][()].astype(np.int64),
-            probe_id=probe_id,
-            local_index=g[li_name][()].astype(np.int64),
-            probe_vertical_position=num("probe_vertical_position"),
-            probe_horizontal_position=num("probe_horizontal_position"),
-            anterior_posterior_ccf_coordinate=num("x"),
-            dorsal_ventral_ccf_coordinate=num("y"),
-            left_right_ccf_coordinate=num("z"),
-            structure_acronym=acr,
-            valid_data=valid,
-        )
+        return read_electrodes(self.f, self.path)
 
     # -- units ---------------------------------------------------------------------------
 
@@ -564,6 +470,28 @@ class NwbSession:
             out.append((tname, cols, ids))
         return out
 
+    # -- invalid times -------------------------------------------------------------------
+
+    def invalid_times(self) -> list[InvalidInterval]:
+        """``/intervals/invalid_times`` (N§1.5) in stored row order; ``[]`` when absent."""
+        g = self.f.get("intervals/invalid_times")
+        if g is None:
+            return []
+        start = g["start_time"][()].astype(np.float64)
+        stop = g["stop_time"][()].astype(np.float64)
+        if "tags" in g and "tags_index" in g:
+            tags = read_strings(g["tags"]).tolist()
+            off = offsets_from_index(read_index(g["tags_index"]))
+            if off.size != start.size + 1 or off[-1] != len(tags):
+                raise NwbError(f"{self.path}: invalid_times tags_index does not match its rows")
+            row_tags = [tags[a:b] for a, b in zip(off[:-1], off[1:], strict=True)]
+        else:
+            row_tags = [[] for _ in range(start.size)]
+        return [
+            InvalidInterval(float(a), float(b), list(t))
+            for a, b, t in zip(start, stop, row_tags, strict=True)
+        ]
+
     # -- running speed -------------------------------------------------------------------
 
     def running_speed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -596,6 +524,123 @@ class NwbSession:
             np.ascontiguousarray(end, dtype=np.float64),
             np.ascontiguousarray(v),
         )
+
+
+# --------------------------------------------------------------------------------------------
+# probes and electrodes (session and LFP files)
+
+
+def read_probes(f: h5py.File, path: Path) -> Probes:
+    """Probes from the electrode groups (+ devices for Gen-2 sampling rates), one row per probe in
+    probe-name order; for session and LFP files alike."""
+    ee = f.get("general/extracellular_ephys")
+    rows = []
+    if ee is not None:
+        for gname in ee:
+            g = ee.get(gname)
+            if not isinstance(g, h5py.Group) or gname == "electrodes":
+                continue
+            rows.append(_probe_row(f, path, gname, g))
+    rows.sort(key=lambda r: (r[1], r[0]))
+    return Probes(
+        probe_id=np.array([r[0] for r in rows], dtype=np.int64),
+        name=np.array([r[1] for r in rows], dtype=object),
+        sampling_rate=np.array([r[2] for r in rows], dtype=np.float64),
+        lfp_sampling_rate=np.array([r[3] for r in rows], dtype=np.float64),
+        has_lfp_data=np.array([r[4] for r in rows], dtype=bool),
+    )
+
+
+def _probe_row(
+    f: h5py.File, path: Path, gname: str, g: h5py.Group
+) -> tuple[int, str, float, float, bool]:
+    a = g.attrs
+    if "probe_id" in a:  # Gen-2: group named probeX, id in an attribute
+        pid = int(a["probe_id"])
+        name = gname
+    elif gname.isdigit():  # Gen-1: group named by the probe id, name in description
+        pid = int(gname)
+        name = _attr_str(g, "description") or gname
+    else:
+        raise NwbError(f"{path}: electrode group {gname!r} has no probe_id")
+    sr = a.get("sampling_rate")
+    if sr is None:
+        dev = None
+        try:
+            dev = g.get("device")
+        except (KeyError, ValueError):
+            dev = None
+        if dev is None:
+            dev = f.get(f"general/devices/{gname}")
+        if dev is not None:
+            sr = dev.attrs.get("sampling_rate")
+    lfp = a.get("lfp_sampling_rate")
+    has = a.get("has_lfp_data")
+    return (
+        pid,
+        name,
+        float(sr) if sr is not None else np.nan,
+        float(lfp) if lfp is not None else np.nan,
+        bool(has) if has is not None else False,
+    )
+
+
+def read_electrodes(f: h5py.File, path: Path) -> Electrodes:
+    """The electrodes table (session and LFP files alike), one row per channel in table order."""
+    table = "general/extracellular_ephys/electrodes"
+    if table not in f:
+        raise NwbError(f"{path}: no {table} table")
+    g = f[table]
+    n = g["id"].shape[0]
+    cols = set(g.keys())
+
+    def num(name: str, dtype: type = np.float64) -> np.ndarray:
+        if name not in cols:
+            return np.full(n, np.nan, dtype=np.float64)
+        ds = g[name]
+        if _is_string_dtype(ds.dtype):
+            return strings_to_float(read_strings(ds), what=f"{path}: electrodes/{name}")
+        return ds[()].astype(dtype, copy=False)
+
+    if "local_index" in cols and "probe_channel_number" in cols:
+        raise NwbError(f"{path}: electrodes has both 'local_index' and 'probe_channel_number'")
+    li_name = "local_index" if "local_index" in cols else "probe_channel_number"
+    if li_name not in cols:
+        raise NwbError(f"{path}: electrodes has neither 'local_index' nor 'probe_channel_number'")
+    if "probe_id" in cols:
+        probe_id = g["probe_id"][()].astype(np.int64)
+    elif "group_name" in cols:
+        names = read_strings(g["group_name"])
+        p = read_probes(f, path)
+        lut = dict(zip(p.name.tolist(), p.probe_id.tolist(), strict=True))
+        probe_id = np.array([lut[x] for x in names], dtype=np.int64)
+    else:
+        raise NwbError(f"{path}: electrodes has no probe_id column")
+
+    if "location" in cols:  # Gen-2
+        acr = read_strings(g["location"])
+    elif "manual_structure_acronym" in cols:  # Gen-1
+        ds = g["manual_structure_acronym"]
+        acr = read_strings(ds) if _is_string_dtype(ds.dtype) else ds[()].astype(object)
+    else:
+        acr = np.full(n, None, dtype=object)
+    acr = np.array(
+        [None if (a is None or a in ("", "None") or a != a) else str(a) for a in acr],
+        dtype=object,
+    )
+    valid = g["valid_data"][()].astype(bool) if "valid_data" in cols else np.ones(n, bool)
+    return Electrodes(
+        channel_id=g["id"][()].astype(np.int64),
+        probe_id=probe_id,
+        local_index=g[li_name][()].astype(np.int64),
+        probe_vertical_position=num("probe_vertical_position"),
+        probe_horizontal_position=num("probe_horizontal_position"),
+        anterior_posterior_ccf_coordinate=num("x"),
+        dorsal_ventral_ccf_coordinate=num("y"),
+        left_right_ccf_coordinate=num("z"),
+        structure_acronym=acr,
+        valid_data=valid,
+    )
 
 
 def _read_1d(ds: h5py.Dataset, start: int, stop: int, dtype: type) -> np.ndarray:

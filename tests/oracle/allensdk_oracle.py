@@ -17,7 +17,8 @@ runs independently; a failure is recorded as ``{"error": traceback}`` and the ot
 ``nwb``        {path, lfp: {probe_id: lfp_path}, stimulus_paths: {session_id: path}}
     ``EcephysSession.from_nwb_path`` on one session file, with unit filters off and with
     AllenSDK's defaults (arrays go to ``out/nwb_arrays.npz``), and the stimulus presentations
-    of every file in ``stimulus_paths``.
+    of every file in ``stimulus_paths``; for every LFP probe also ``get_lfp`` with masking and
+    ``get_current_source_density``.
 
 Everything AllenSDK returned is written to ``out/result.json`` (frames as plain JSON: index,
 columns, dtypes, rows; NaN stays NaN) and ``.npz`` arrays: no pickles cross the pandas versions.
@@ -199,6 +200,18 @@ def run_nwb(spec: dict, out_dir: Path) -> dict:
             for pid in lfp_paths
         },
     }
+    # masked LFP and CSD, compared with our Zarr stores (issue 16)
+    for pid in lfp_paths:
+        masked = session.get_lfp(pid, mask_invalid_intervals=True)
+        arrays[f"lfp_masked_data_{pid}"] = np.asarray(masked.values)
+        arrays[f"lfp_masked_time_{pid}"] = np.asarray(masked["time"].values)
+        arrays[f"lfp_masked_channel_{pid}"] = np.asarray(masked["channel"].values)
+        csd = session.get_current_source_density(pid)
+        arrays[f"csd_dims_{pid}"] = np.array(csd.dims)
+        for name in ("virtual_channel_index", "time", "vertical_position", "horizontal_position"):
+            arrays[f"csd_{name}_{pid}"] = np.asarray(csd[name].values)
+        arrays[f"csd_data_{pid}"] = np.asarray(csd.values)
+    out["invalid_times"] = frame(session.invalid_times)
     out["stimulus_by_session"] = {
         str(sid): frame(EcephysSession.from_nwb_path(path).stimulus_presentations)
         for sid, path in spec.get("stimulus_paths", {}).items()

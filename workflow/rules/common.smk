@@ -76,12 +76,28 @@ def all_parquet_outputs(wildcards):
     return [f for s in selected_sessions() for f in parquet_outputs(s["session_id"])]
 
 
+LFP_STORE = "results/lfp/session_id={session_id}/probe_id={probe_id}.zarr"
+
+
+def lfp_store_outputs(wildcards):
+    """One LFP store per selected probe with an LFP file, when lfp_arrays.enabled."""
+    if not config["lfp_arrays"]["enabled"]:
+        return []
+    return [
+        LFP_STORE.format(session_id=s["session_id"], probe_id=p["probe_id"])
+        for s in selected_sessions()
+        for p in s["probes"]
+        if p["download_lfp"]
+    ]
+
+
 def get_final_output(wildcards):
     return [
         "results/ecephys.lock.json",
         "results/manifest.json",
         f"{CACHE}/{layout.CACHE_MANIFEST}",
         *all_parquet_outputs(wildcards),
+        *lfp_store_outputs(wildcards),
     ]
 
 
@@ -105,6 +121,10 @@ def source_config():
 def download_runtime(wildcards, attempt):
     """Minutes: a 3 GB file at the warehouse's slow ~0.5 MB/s takes ~100 min; more on a retry."""
     return 240 * attempt
+
+
+def lfp_options():
+    return {k: v for k, v in config["lfp_arrays"].items() if k != "enabled"}
 
 
 def extract_mem_mb(wildcards, input, attempt):

@@ -615,6 +615,41 @@ def _add_running(nwbfile: Any, ctx: SessionContext) -> None:
     )
 
 
+def first_flash_time(ctx: SessionContext) -> float:
+    """Start of the session's first flash presentation: the synthetic LFP (a short excerpt of
+    the session, unlike the real files, which span it all from ~13.5 s) is placed around it."""
+    tabs = stimulus_tables(
+        ctx.seed, ctx.session["id"], ctx.session["stimulus_name"], ctx.knobs.duration_s
+    )
+    return float(tabs["flashes"]["start_time"][0])
+
+
+# Invalid intervals (s, relative to the first flash) inside every probe's LFP excerpt, which
+# covers [flash - 1, flash + 2] at the default 4 s; none tagged "stimulus", so stimulus
+# presentations stay unmasked.
+INVALID_ALL_PROBES = (-0.9, -0.7)
+INVALID_FIRST_LFP_PROBE = (0.5, 1.0)
+
+
+def _add_invalid_times(nwbfile: Any, ctx: SessionContext) -> None:
+    """``/intervals/invalid_times`` (N§1.5) as AllenSDK's ``add_invalid_times`` writes it: one
+    session-wide ``all_probes`` interval and one for the first probe with LFP."""
+    sid = str(ctx.session["id"])
+    flash = first_flash_time(ctx)
+    nwbfile.add_invalid_time_interval(
+        start_time=flash + INVALID_ALL_PROBES[0],
+        stop_time=flash + INVALID_ALL_PROBES[1],
+        tags=["EcephysSession", sid, "all_probes"],
+    )
+    lfp_probe = next((p for p in ctx.probes if p["use_lfp_data"]), None)
+    if lfp_probe is not None:
+        nwbfile.add_invalid_time_interval(
+            start_time=flash + INVALID_FIRST_LFP_PROBE[0],
+            stop_time=flash + INVALID_FIRST_LFP_PROBE[1],
+            tags=["EcephysProbe", str(lfp_probe["id"]), lfp_probe["name"]],
+        )
+
+
 def _add_rig_metadata(nwbfile: Any) -> None:
     cls = ecephys_classes()["EcephysEyeTrackingRigMetadata"]
     mod = nwbfile.create_processing_module("eye_tracking_rig_metadata", "Eye tracking rig metadata")
@@ -752,6 +787,7 @@ def write_session_nwb(path: Path, ctx: SessionContext) -> None:
     nwbfile.units = _units_table(ctx, electrode_rows)
     _add_stimuli(nwbfile, ctx)
     _add_running(nwbfile, ctx)
+    _add_invalid_times(nwbfile, ctx)
     _add_rig_metadata(nwbfile)
     _assign_object_ids(nwbfile, f"{ctx.seed}:session:{sid}")
     _write(nwbfile, path)
@@ -764,7 +800,8 @@ def lfp_channel_mask(tab: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def write_lfp_nwb(path: Path, ctx: SessionContext, probe_id: int) -> None:
-    """Write the Gen-2 LFP file of one probe."""
+    """Write the Gen-2 LFP file of one probe: ``lfp_duration_s`` seconds starting 1-2 s before the
+    session's first flash (see :func:`first_flash_time`), and a CSD."""
     from pynwb import NWBFile, TimeSeries
     from pynwb.ecephys import LFP
 
@@ -793,7 +830,7 @@ def write_lfp_nwb(path: Path, ctx: SessionContext, probe_id: int) -> None:
     rng = rng_for(ctx.seed, "lfp", probe_id)
     fs = float(probe["lfp_sampling_rate"])
     n = int(ctx.knobs.lfp_duration_s * fs)
-    t_start = 13.5 + float(rng.uniform(0, 1))
+    t_start = first_flash_time(ctx) - 2.0 + float(rng.uniform(0, 1))
     ts = t_start + np.arange(n) / fs
     # correlated slow waves + noise, in volts (int16 * 0.195 µV)
     slow = np.sin(2 * np.pi * 4.0 * ts)[:, None] * np.linspace(50, 200, n_ch)[None, :]
