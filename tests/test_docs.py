@@ -38,7 +38,8 @@ PENDING_REWRITE = (
     else set()
 )
 
-DOC_NAME = re.compile(r"(allen-warehouse|allen-nwb|conventions|architecture)(?:\.md)?`*")
+CITED = ("allen-warehouse", "allen-nwb", "conventions", "architecture", "dandi")
+DOC_NAME = re.compile(rf"({'|'.join(CITED)})(?:\.md)?`*")
 SECTION = re.compile(r"(?<![\w§])([WN])?§(\d+(?:\.\d+)*)")
 # What may stand between a document's name and a section number that belongs to it:
 # "allen-warehouse.md §1.6, §3.2", "allen-nwb.md §0/§9", "§2 / §5", a comment's line break.
@@ -106,8 +107,7 @@ def citations(path: Path) -> list[tuple[int, str, str]]:
 
 
 def test_every_citation_names_an_existing_section():
-    sections = {name: section_numbers(DOCS / f"{name}.md") for name in
-                ("allen-warehouse", "allen-nwb", "conventions", "architecture")}  # fmt: skip
+    sections = {name: section_numbers(DOCS / f"{name}.md") for name in CITED}
     bad = []
     for path in text_files():
         rel = path.relative_to(REPO).as_posix()

@@ -4,7 +4,7 @@ DANDI mirrors the release as dandisets 000021 (``brain_observatory_1.1``) and 00
 (``functional_connectivity``) and publishes a sha256 and a dandi-etag for every file, which the
 Allen warehouse and bucket do not (docs/dandi.md §4, §5). This module reads a dandiset version's
 listing (``GET /api/dandisets/{id}/versions/{version}/assets/?metadata=true``, paged, docs/dandi.md
-§1–§3), keeps it in the cache directory (a published version never changes, so it is fetched
+§1, §2, §3), keeps it in the cache directory (a published version never changes, so it is fetched
 once), and answers, for a session or a probe's LFP file: where DANDI serves it and which digests
 it publishes.
 

@@ -1,7 +1,8 @@
 """LFP as chunked arrays: one per-probe LFP NWB -> one Zarr store, read with xarray (issue 16).
 
-:func:`convert_lfp` streams ``/acquisition/probe_<pid>_lfp/probe_<pid>_lfp_data`` (N§3) block by
-block into a Zarr (format 2) store, so peak memory is a few blocks whatever the file's size:
+:func:`convert_lfp` streams ``/acquisition/probe_<pid>_lfp/probe_<pid>_lfp_data`` (allen-nwb.md
+§3) block by block into a Zarr (format 2) store, so peak memory is a few blocks whatever the
+file's size:
 
 * the root group is the full-rate ``lfp(time, channel)`` with its coordinates: ``time`` (s,
   master clock, the stored timestamps), ``channel`` (channel id), the channel's probe positions,

@@ -243,7 +243,7 @@ class UnitsTable:
 
 @dataclass
 class InvalidInterval:
-    """One row of ``/intervals/invalid_times``: tags are ``[scope, id, label]`` (N§1.5)."""
+    """One row of ``/intervals/invalid_times``: tags ``[scope, id, label]`` (allen-nwb.md §1.5)."""
 
     start_time: float
     stop_time: float
@@ -473,7 +473,7 @@ class NwbSession:
     # -- invalid times -------------------------------------------------------------------
 
     def invalid_times(self) -> list[InvalidInterval]:
-        """``/intervals/invalid_times`` (N§1.5) in stored row order; ``[]`` when absent."""
+        """``/intervals/invalid_times`` (allen-nwb.md §1.5) in row order; ``[]`` when absent."""
         g = self.f.get("intervals/invalid_times")
         if g is None:
             return []

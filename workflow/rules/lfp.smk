@@ -12,7 +12,7 @@ rule lfp_store:
     log:
         "logs/lfp/session_{session_id}_probe_{probe_id}.log",
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         # a few blocks of time_chunk x channels float32 + the HDF5 chunk cache + libraries

@@ -21,8 +21,8 @@ Guarantees:
   ``dest.mismatch-<sha8>`` and never used; one that is not HDF5 to ``dest.invalid-<sha8>``.
 * Two processes never write the same ``.part`` (an advisory lock, ``dest.part.lock``).
 
-AllenSDK does none of this (W§1.6, W§3.2): it writes straight to the final path with no read
-timeout, no resume and no checksum.
+AllenSDK does none of this (allen-warehouse.md §1.6, §3.2): it writes straight to the final path
+with no read timeout, no resume and no checksum.
 
 The package, along its seams: ``digests`` (sha256 of files and streams), ``record`` (the
 ``.download.json``), ``state`` (the ``.part``, its sidecar, verification, placement), ``http``

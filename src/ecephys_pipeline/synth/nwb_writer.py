@@ -632,8 +632,8 @@ INVALID_FIRST_LFP_PROBE = (0.5, 1.0)
 
 
 def _add_invalid_times(nwbfile: Any, ctx: SessionContext) -> None:
-    """``/intervals/invalid_times`` (N§1.5) as AllenSDK's ``add_invalid_times`` writes it: one
-    session-wide ``all_probes`` interval and one for the first probe with LFP."""
+    """``/intervals/invalid_times`` (allen-nwb.md §1.5) as AllenSDK's ``add_invalid_times`` writes
+    it: one session-wide ``all_probes`` interval and one for the first probe with LFP."""
     sid = str(ctx.session["id"])
     flash = first_flash_time(ctx)
     nwbfile.add_invalid_time_interval(
