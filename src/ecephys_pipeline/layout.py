@@ -9,6 +9,9 @@ definition.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 TABLES = ("sessions", "probes", "channels", "units")
 """The four metadata tables, in the order AllenSDK's cache lists them."""
 
@@ -33,3 +36,11 @@ def nwb_path(session_id: int, probe_id: int | None = None) -> str:
 
 def record_path(nwb_relative_path: str) -> str:
     return nwb_relative_path + RECORD_SUFFIX
+
+
+def nwb_of_record(record: str | os.PathLike) -> Path:
+    """The file a record stands beside (``<file>.download.json`` -> ``<file>``)."""
+    text = str(record)
+    if not text.endswith(RECORD_SUFFIX):
+        raise ValueError(f"{record} is not a download record (*{RECORD_SUFFIX})")
+    return Path(text.removesuffix(RECORD_SUFFIX))

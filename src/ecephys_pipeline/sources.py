@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from . import download, layout, lockfile, metadata, rma
+from . import download, layout, lockfile, metadata, nwb, rma
 
 S3_PREFIX = "visual-coding-neuropixels/ecephys-cache"
 KINDS = ("warehouse", "s3", "local")
@@ -23,6 +23,17 @@ KINDS = ("warehouse", "s3", "local")
 
 class SourceError(RuntimeError):
     """The source does not have what was asked for, or is not configured right."""
+
+
+# What a rule script reports in one line (the message names the problem and the fix) instead of
+# a traceback: every failure the package foresees on the way to a verified file.
+EXPECTED_ERRORS = (
+    SourceError,
+    rma.RmaError,
+    metadata.MetadataError,
+    download.DownloadError,
+    lockfile.LockError,
+)
 
 
 @dataclass(frozen=True)
@@ -112,7 +123,7 @@ def nwb_url(
     return f"{source.url}/{rows[0]['download_link']}"
 
 
-def _copy_local(src: Path, dest: Path, *, expected: dict | None, verify_hdf5: bool):
+def _copy_local(src: Path, dest: Path, *, expected: dict | None, verify_hdf5: bool, check=None):
     """Copy a file from a local AllenSDK cache with the guarantees of a download: through its
     ``.part``, hashed in the same pass, verified like a download, then placed with its record."""
     if not src.exists():
@@ -121,7 +132,7 @@ def _copy_local(src: Path, dest: Path, *, expected: dict | None, verify_hdf5: bo
     part = download.PartState(dest)
     digest = part.copy_from(src)
     problems = download.verify(
-        part.part, digest, expected or {}, verify_hdf5=verify_hdf5, subject=str(src)
+        part.part, digest, expected or {}, verify_hdf5=verify_hdf5, subject=str(src), check=check
     )
     if problems:
         aside = part.set_aside("mismatch")
@@ -178,10 +189,16 @@ def fetch_nwb(
 
 
 def _fetch(source: Source, dest: Path, session_id, probe_id, expected, options):
+    # Is it the file of this session (or probe), and does it decode? A same-size file of
+    # another probe, or a corrupt compressed chunk, is refused like wrong bytes.
+    def check(path: Path) -> str | None:
+        return nwb.file_problem(path, session_id, probe_id)
+
+    hdf5 = options.verify_hdf5
     if source.kind == "local":
         src = Path(source.url) / layout.nwb_path(session_id, probe_id)
         if dest.exists():
-            return download.adopt_existing(dest, expected, verify_hdf5=options.verify_hdf5)
-        return _copy_local(src, dest, expected=expected, verify_hdf5=options.verify_hdf5)
+            return download.adopt_existing(dest, expected, verify_hdf5=hdf5, check=check)
+        return _copy_local(src, dest, expected=expected, verify_hdf5=hdf5, check=check)
     url = nwb_url(source, session_id, probe_id)
-    return download.download_file(url, dest, expected=expected, options=options)
+    return download.download_file(url, dest, expected=expected, options=options, check=check)

@@ -1,6 +1,8 @@
+import functools
 import json
+from pathlib import Path
 
-from ecephys_pipeline import layout
+from ecephys_pipeline import download, layout, lockfile
 from ecephys_pipeline.fake import demo
 
 CACHE = config["cache_dir"]
@@ -109,8 +111,33 @@ def unit_filters():
     return SPEC["unit_filters"]
 
 
-def download_options():
-    return dict(config["download"])
+@functools.cache
+def pinned_files():
+    """The lock file's entries (lock_file set), read once per run; else an empty mapping."""
+    if not config["lock_file"]:
+        return {}
+    return lockfile.read_lock(config["lock_file"])["files"]
+
+
+def nwb_file(wildcards):
+    """The NWB file a job's wildcards name, relative to the cache."""
+    return layout.nwb_path(wildcards.session_id, wildcards.get("probe_id"))
+
+
+def pinned_entry(wildcards):
+    """What the lock file pins for this file (size, sha256), or None: a changed pin reruns the
+    jobs that download or read it. URL and ETag are left out: they may differ between mirrors
+    and runs (the demo's port) without the bytes changing."""
+    entry = pinned_files().get(nwb_file(wildcards))
+    return None if entry is None else {k: entry[k] for k in ("size", "sha256")}
+
+
+def cache_state(wildcards):
+    """'changed' when the cached file no longer matches its record (a byte flipped, the file
+    replaced or removed since it was verified): the download job then runs again and repairs
+    it. Only stat() calls: cheap for every file of the dataset."""
+    changed = download.changed_since_verified(Path(CACHE) / nwb_file(wildcards))
+    return "changed" if changed else "ok"
 
 
 def source_config():
@@ -127,6 +154,12 @@ def lfp_options():
     return {k: v for k, v in config["lfp_arrays"].items() if k != "enabled"}
 
 
+def recorded_mb(record):
+    """The size (MB) of the file a download record stands for."""
+    with open(record) as handle:
+        return json.load(handle)["size"] / 1e6
+
+
 def extract_mem_mb(wildcards, input, attempt):
     """Extraction holds one probe's spikes and the waveform block: scale with the file."""
-    return int((1024 + 1.5 * input.size_mb) * attempt)
+    return int((1024 + 1.5 * recorded_mb(input.record)) * attempt)

@@ -1,6 +1,5 @@
 rule extract_session:
     input:
-        nwb=f"{CACHE}/{layout.SESSION_NWB}",
         record=f"{CACHE}/{layout.record_path(layout.SESSION_NWB)}",
     output:
         units="results/parquet/units/session_id={session_id}/part-0.parquet",
@@ -18,6 +17,7 @@ rule extract_session:
         runtime=60,
     params:
         unit_filters=unit_filters(),
+        pinned=pinned_entry,
     script:
         "../scripts/extract_session.py"
 

@@ -3,9 +3,7 @@
 
 rule lfp_store:
     input:
-        lfp=f"{CACHE}/{layout.LFP_NWB}",
         lfp_record=f"{CACHE}/{layout.record_path(layout.LFP_NWB)}",
-        session=f"{CACHE}/{layout.SESSION_NWB}",
         session_record=f"{CACHE}/{layout.record_path(layout.SESSION_NWB)}",
     output:
         store=directory(LFP_STORE),
@@ -20,5 +18,6 @@ rule lfp_store:
         runtime=120,
     params:
         options=lfp_options(),
+        pinned=pinned_entry,
     script:
         "../scripts/lfp_store.py"

@@ -14,9 +14,9 @@ checkpoint select_sessions:
         mem_mb=4096,
         runtime=10,
     params:
+        # download.preflight and reserve_free_gb are read from the config by the script: they
+        # decide whether the run may start, not what it produces, so changing them reruns nothing
         source=source_config(),
-        preflight=config["download"]["preflight"],
-        reserve_free_gb=config["download"]["reserve_free_gb"],
     script:
         "../scripts/select_sessions.py"
 

@@ -1,15 +1,21 @@
-from pathlib import Path
+import logging
+import sys
 
-from ecephys_pipeline import download, logs, sources
+from ecephys_pipeline import download, layout, logs, sources
 
 logs.to_file(snakemake.log[0])
+config = snakemake.config
 probe_id = snakemake.wildcards.get("probe_id")
-sources.fetch_nwb(
-    sources.Source.from_config(snakemake.params.source),
-    snakemake.output.nwb,
-    int(snakemake.wildcards.session_id),
-    int(probe_id) if probe_id else None,
-    cache_dir=Path(snakemake.output.nwb).parents[1],
-    lock_file=snakemake.params.lock_file,
-    options=download.Options.from_config(snakemake.params.options),
-)
+try:
+    sources.fetch_nwb(
+        sources.Source.from_config(config),
+        layout.nwb_of_record(snakemake.output.record),
+        int(snakemake.wildcards.session_id),
+        int(probe_id) if probe_id else None,
+        cache_dir=config["cache_dir"],
+        lock_file=snakemake.params.lock_file,
+        options=download.Options.from_config(config["download"]),
+    )
+except sources.EXPECTED_ERRORS as e:
+    logging.error("%s", e)
+    sys.exit(1)

@@ -10,12 +10,13 @@ tables = selection.load_tables(cache_dir)
 chosen = selection.resolve(spec, tables)
 chosen.to_json(snakemake.output.selection)
 resolved = chosen.to_dict()
-if snakemake.params.preflight:
+settings = snakemake.config["download"]
+if settings["preflight"]:
     source = sources.Source.from_config(snakemake.params.source)
     the_plan = plan.make_plan(resolved, source, cache_dir)
     logging.info("plan:\n%s", the_plan.summary(resolved))
     try:
-        plan.check_space(the_plan, reserve_bytes=int(snakemake.params.reserve_free_gb * 1e9))
+        plan.check_space(the_plan, reserve_bytes=int(settings["reserve_free_gb"] * 1e9))
     except Exception:
         Path(snakemake.output.selection).unlink()  # no selection, no download
         raise

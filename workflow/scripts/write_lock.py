@@ -1,12 +1,23 @@
-import json
-from pathlib import Path
+import logging
+import sys
 
-from ecephys_pipeline import lockfile, logs
+from ecephys_pipeline import download, layout, lockfile, logs
 
 logs.to_file(snakemake.log[0])
-records = []
-for path in snakemake.input.records:
-    with open(path) as handle:
-        records.append(json.load(handle))
-cache_dir = Path(snakemake.input.manifest).parent
-lockfile.write_lock(records, snakemake.output.lock, cache_dir=cache_dir)
+config = snakemake.config
+pinned = lockfile.read_lock(config["lock_file"]) if config["lock_file"] else None
+try:
+    # every file as it is now, checked against its record and the pin: the lock file never
+    # describes bytes that are not there (a file changed since its job ran is refused here)
+    records = []
+    for path in snakemake.input.records:
+        dest = layout.nwb_of_record(path)
+        expected = None
+        if pinned is not None:
+            expected = lockfile.expected_for(dest, pinned, cache_dir=config["cache_dir"])
+        records.append(download.verified_file(path, expected=expected))
+    lockfile.write_lock(records, snakemake.output.lock, cache_dir=config["cache_dir"])
+except (download.DownloadError, lockfile.LockError) as e:
+    logging.error("%s", e)
+    sys.exit(1)
+logging.info("lock file %s: %d files", snakemake.output.lock, len(records))

@@ -31,11 +31,11 @@ stream or parallel ranges), ``engine`` (``download_file``, ``adopt_existing``), 
 """
 
 from .digests import sha256_file
-from .engine import adopt_existing, download_file
+from .engine import adopt_existing, download_file, verified_file
 from .errors import ChecksumMismatchError, DownloadError
 from .http import remote_info, remote_size
 from .options import Options
-from .record import DownloadRecord, read_record, record_path
+from .record import DownloadRecord, changed_since_verified, read_record, record_path
 from .state import PartState, part_path, resumable_bytes, verify
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "Options",
     "PartState",
     "adopt_existing",
+    "changed_since_verified",
     "download_file",
     "part_path",
     "read_record",
@@ -53,5 +54,6 @@ __all__ = [
     "remote_size",
     "resumable_bytes",
     "sha256_file",
+    "verified_file",
     "verify",
 ]

@@ -16,19 +16,28 @@ from typing import Any
 
 import requests
 
+from .. import layout
 from .digests import Digester
 from .errors import ChecksumMismatchError, DownloadError
 from .http import new_session, remote_info, short_exc
 from .options import Options
 from .progress import Progress, fmt_bytes
-from .record import DownloadRecord, expected_fields, fresh_record, read_record, write_record
+from .record import (
+    DownloadRecord,
+    expected_fields,
+    fresh_record,
+    read_record,
+    record_path,
+    write_record,
+)
 from .retry import AttemptFailed, RetryPolicy
-from .state import DestLock, PartState, mismatches, set_aside, verify
+from .state import DestLock, PartState, mismatches, refused_before, set_aside, verify
 from .transfer import NETWORK_ERRORS, Transfer
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[int, int | None], None] | logging.Logger | None
+Check = Callable[[Path], str | None] | None
 
 
 def download_file(
@@ -39,13 +48,16 @@ def download_file(
     options: Options = Options(),  # noqa: B008 - frozen, so one shared default is safe
     session: requests.Session | None = None,
     progress: Sink = None,
+    check: Check = None,
 ) -> DownloadRecord:
     """Download ``url`` to ``dest`` (verified, atomic, resumable); return its record.
 
     ``expected``: a DownloadRecord or lock entry (size, sha256, etag, url) the bytes must match.
     ``options``: timeouts, attempts, parallel connections, HDF5 check (see :class:`Options`).
     ``progress``: a logger (default: the engine's) or a callable ``(done_bytes, total_bytes)``,
-    called at most every few seconds. ``session``: shared by threads downloading other files.
+    called at most every few seconds. ``check(path)``: what is wrong with a complete file's
+    content, or None (default: that it does not open as HDF5); run when ``verify_hdf5`` is on.
+    ``session``: shared by threads downloading other files.
     Raises DownloadError (ChecksumMismatchError for wrong bytes) naming the file, the URL and
     every attempt.
     """
@@ -58,17 +70,24 @@ def download_file(
         dest.parent.mkdir(parents=True, exist_ok=True)
         with DestLock(dest):
             if dest.exists():
-                rec = _present(dest, url, exp, session, options.verify_hdf5, progress)
+                rec = _present(dest, url, exp, session, options.verify_hdf5, progress, check)
                 if rec is not None:
                     return rec
-            return _download(url, dest, exp, session, options, progress)
+            _refuse_known_bytes(url, dest, exp, session)
+            return _download(url, dest, exp, session, options, progress, check)
     finally:
         if own_session:
             session.close()
 
 
 def _present(
-    dest: Path, url: str, exp: dict[str, Any], session, verify_hdf5: bool, progress: Sink
+    dest: Path,
+    url: str,
+    exp: dict[str, Any],
+    session,
+    verify_hdf5: bool,
+    progress: Sink,
+    check: Check,
 ) -> DownloadRecord | None:
     """``dest`` exists: return its record if it is the right file, else set it aside (None)."""
     rec = fresh_record(dest)
@@ -85,6 +104,7 @@ def _present(
             session=session,
             verify_hdf5=verify_hdf5,
             progress=progress,
+            check=check,
         )
     except ChecksumMismatchError as e:
         log.warning("%s; downloading it again", e)
@@ -93,13 +113,33 @@ def _present(
     return rec
 
 
+def _refuse_known_bytes(url: str, dest: Path, exp: dict[str, Any], session) -> None:
+    """Bytes refused before for the same expected digest, still served unchanged, are not
+    fetched again (a refused multi-GB file must not be downloaded on every job try)."""
+    if not exp.get("sha256") or not any(dest.parent.glob(f"{dest.name}.mismatch-*.json")):
+        return
+    try:
+        remote = remote_info(url, session)
+    except (requests.RequestException, DownloadError):
+        return  # the download itself will say what is wrong with the server
+    why = refused_before(dest, url, exp, remote)
+    if why:
+        raise ChecksumMismatchError(f"{dest.name}: {why}")
+
+
 def _download(
-    url: str, dest: Path, exp: dict[str, Any], session, options: Options, progress: Sink
+    url: str,
+    dest: Path,
+    exp: dict[str, Any],
+    session,
+    options: Options,
+    progress: Sink,
+    check: Check,
 ) -> DownloadRecord:
     sink = progress or log
     state = PartState(dest, sink=sink)
     state.load(url, exp)
-    t = Transfer(url, state, exp, session, options, sink)
+    t = Transfer(url, state, exp, session, options, sink, check)
     n = options.connections_per_file
     log.info("downloading %s from %s%s", dest.name, url, f" with {n} connections" if n > 1 else "")
     policy = RetryPolicy(
@@ -166,10 +206,12 @@ def adopt_existing(
     session: requests.Session | None = None,
     verify_hdf5: bool = True,
     progress: Sink = None,
+    check: Check = None,
 ) -> DownloadRecord:
     """Take a file that is already at ``dest`` (e.g. an AllenSDK cache) into the cache: hash it,
     compare with ``expected`` (size/sha256), or, without one, with the remote size of ``url``;
-    open it as HDF5; write its record. A mismatch moves the file aside and raises."""
+    check its content (``check``, default: it opens as HDF5); write its record. A mismatch moves
+    the file aside and raises."""
     dest = Path(dest)
     exp = expected_fields(expected)
     prog = Progress(dest.name, dest.stat().st_size, progress or log, what="hashed")
@@ -181,7 +223,7 @@ def adopt_existing(
         remote, problem = _ask_remote(url, session, dest, n, exp)
         problems += problem
     if not problems:
-        problems = verify(dest, digest, {}, verify_hdf5=verify_hdf5)
+        problems = verify(dest, digest, {}, verify_hdf5=verify_hdf5, check=check)
     if problems:
         aside = set_aside(dest, sha, "mismatch")
         raise ChecksumMismatchError(
@@ -212,3 +254,40 @@ def _ask_remote(url, session, dest: Path, n: int, exp: dict) -> tuple[dict[str, 
     if not exp.get("size") and info.size is not None and info.size != n:
         problems.append(f"size {n} bytes, but the server has {info.size} bytes")
     return {"etag": info.etag, "last_modified": info.last_modified}, problems
+
+
+def verified_file(record_file: str | os.PathLike, *, expected: Any = None) -> DownloadRecord:
+    """The file a ``.download.json`` record stands beside, checked before it is used.
+
+    Cheap when nothing changed (size and mtime as recorded). A file changed since it was
+    verified is re-hashed: other bytes are set aside, its record removed, and the error says to
+    rerun (the download job then fetches it again). With ``expected`` (a lock entry) the recorded
+    sha256 must be the pinned one. The record returned has the file's path as it is now (a moved
+    cache is fine: the record's own location says where the file is).
+    """
+    record_file = Path(record_file)
+    dest = layout.nwb_of_record(record_file)
+    rec = read_record(dest)
+    if rec is None:
+        raise DownloadError(f"{record_file} is missing or unreadable: rerun to verify {dest.name}")
+    if not dest.exists():
+        record_path(dest).unlink(missing_ok=True)
+        raise DownloadError(f"{dest} is missing (its record was removed): rerun to download it")
+    if fresh_record(dest) is None:
+        digest = Digester.of_file(dest)
+        if (digest.size, digest.sha256) != (rec.size, rec.sha256):
+            aside = set_aside(dest, digest.sha256, "mismatch")
+            raise ChecksumMismatchError(
+                f"{dest} changed after it was verified (sha256 {digest.sha256}, recorded "
+                f"{rec.sha256}); it was moved to {aside}: rerun to download it again"
+            )
+        write_record(dest, rec)  # the same bytes, touched: trust the new mtime
+    problems = mismatches(rec.size, rec.sha256, expected_fields(expected))
+    if problems:
+        aside = set_aside(dest, rec.sha256, "mismatch")
+        raise ChecksumMismatchError(
+            f"{dest} is not the pinned file ({'; '.join(problems)}); it was moved to {aside}: "
+            "rerun to download the pinned one"
+        )
+    rec.path = str(dest)
+    return rec

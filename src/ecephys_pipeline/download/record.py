@@ -85,6 +85,13 @@ def fresh_record(dest: Path) -> DownloadRecord | None:
     return None
 
 
+def changed_since_verified(dest: str | os.PathLike) -> bool:
+    """Whether ``dest`` has a record that no longer describes it (the file changed or went
+    away since it was verified). No record: False (nothing was verified yet)."""
+    dest = Path(dest)
+    return record_path(dest).exists() and fresh_record(dest) is None
+
+
 def expected_fields(expected: Any) -> dict[str, Any]:
     """The size/sha256/etag/url a file must have, from a DownloadRecord or a lock entry."""
     if expected is None:

@@ -28,11 +28,16 @@ class AttemptFailed(Exception):
         fatal: bool = False,
         verify: bool = False,
         bad_bytes: bool = False,
+        refused: bool = False,
     ):
         super().__init__(reason)
         self.reason, self.retry_after, self.fatal = reason, retry_after, fatal
         self.verify = verify or bad_bytes  # counts toward MAX_VERIFY_FAILURES
-        self.bad_bytes = bad_bytes  # the bytes (or their announced size) were wrong
+        self.bad_bytes = bad_bytes or refused  # the bytes (or their announced size) were wrong
+        # the server sent the whole file, of the expected size, with another sha256: it serves
+        # other bytes than the expected ones, and asking again gets the same answer
+        self.refused = refused
+        self.fatal = fatal or refused
 
 
 class RangesUnsupported(Exception):
@@ -97,4 +102,5 @@ class RetryPolicy:
     @property
     def wrong_bytes(self) -> bool:
         """Whether the transfer ended for wrong bytes (a checksum error), not another failure."""
-        return self.bad_bytes and not (self.last is not None and self.last.fatal)
+        last = self.last
+        return self.bad_bytes and not (last is not None and last.fatal and not last.refused)

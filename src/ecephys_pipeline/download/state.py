@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,49 @@ def set_aside(path: Path, sha256: str, why: str, *, dest: Path | None = None) ->
     record_path(dest).unlink(missing_ok=True)
     log.warning("moved rejected file %s to %s", path, aside)
     return aside
+
+
+def refusal_path(aside: Path) -> Path:
+    return Path(f"{aside}.json")
+
+
+def write_refusal(aside: Path, *, url: str, meta: Mapping[str, Any], expected: Mapping) -> None:
+    """Remember why the copy at ``aside`` was refused: where it came from, how the server
+    described it (ETag, Last-Modified, size) and which sha256 was expected instead."""
+    write_json(
+        refusal_path(aside),
+        {
+            "url": url,
+            "etag": meta.get("etag"),
+            "last_modified": meta.get("last_modified"),
+            "size": meta.get("size"),
+            "expected_sha256": expected.get("sha256"),
+        },
+    )
+
+
+def refused_before(dest: Path, url: str, expected: Mapping[str, Any], remote) -> str | None:
+    """If ``url`` still describes (same strong validator and size) bytes refused before for the
+    same expected sha256, say so: downloading them again would only be refused again."""
+    if not expected.get("sha256"):
+        return None
+    for note_path in sorted(dest.parent.glob(f"{dest.name}.mismatch-*.json")):
+        note = read_json(note_path)
+        aside = Path(str(note_path)[: -len(".json")])
+        if not note or not aside.exists() or note.get("expected_sha256") != expected["sha256"]:
+            continue
+        if note.get("url") != url or note.get("size") != remote.size:
+            continue
+        same = (note.get("etag") and note["etag"] == remote.etag) or (
+            note.get("last_modified") and note["last_modified"] == remote.last_modified
+        )
+        if same:
+            return (
+                f"{url} still serves the file refused before (same ETag/Last-Modified and size "
+                f"{remote.size}; that copy is {aside}), not the expected sha256 "
+                f"{expected['sha256']}; not downloaded again. Delete {aside} to try anyway."
+            )
+    return None
 
 
 def hdf5_problem(path: Path) -> str | None:
@@ -89,16 +132,19 @@ def verify(
     verify_hdf5: bool,
     announced: int | None = None,
     subject: str = "",
+    check: Callable[[Path], str | None] | None = None,
 ) -> list[str]:
     """Everything wrong with the file at ``path`` whose bytes gave ``digest``: a size other than
     the ``announced`` one, a size or sha256 other than expected, or (only if the bytes are
-    right) not HDF5; the HDF5 sentence starts with ``subject``. Empty if the file is good."""
+    right) not HDF5 (or, with ``check``, whatever ``check(path)`` says is wrong with its content:
+    e.g. that it is another session's file); the sentence starts with ``subject``. Empty if the
+    file is good."""
     problems = []
     if announced is not None and digest.size != announced:
         problems.append(f"{digest.size} bytes on disk but the server announced {announced}")
     problems += mismatches(digest.size, digest.sha256, exp)
     if not problems and verify_hdf5:
-        p = hdf5_problem(path)
+        p = (check or hdf5_problem)(path)
         if p:
             problems.append(f"{subject} {p}" if subject else p)
     return problems

@@ -41,7 +41,7 @@ from .options import Options
 from .progress import Progress, fmt_bytes
 from .record import DownloadRecord
 from .retry import AttemptFailed, RangesUnsupported
-from .state import PartState, verify
+from .state import PartState, verify, write_refusal
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,11 @@ class Transfer:
         session: requests.Session,
         options: Options,
         sink: Any,
+        check: Any = None,
     ):
         self.url, self.state, self.exp, self.session = url, state, exp, session
+        self.check = check  # content check of a complete file (None: opens as HDF5)
+        self.wrong_digests: set[str] = set()  # sha256 of complete files refused in this call
         self.timeout = options.timeout
         self.connections = options.connections_per_file
         self.verify_hdf5 = options.verify_hdf5
@@ -288,13 +291,29 @@ class Transfer:
             verify_hdf5=self.verify_hdf5,
             announced=meta.get("size"),
             subject="the downloaded file",
+            check=self.check,
         )
         if problems:
             why = "mismatch" if any("sha256" in p or "size" in p for p in problems) else "invalid"
+            # The whole file arrived, of the expected size, and hashes to something else. Once
+            # may be a transient corruption (asked again); the same wrong bytes twice mean the
+            # server serves other bytes than the expected ones: final, and remembered beside
+            # the set-aside copy so that a later try or run does not fetch them again.
+            wrong = (
+                self.exp.get("sha256") is not None
+                and digest.size == self.exp.get("size", digest.size)
+                and digest.sha256 != self.exp["sha256"]
+            )
+            refused = wrong and digest.sha256 in self.wrong_digests
+            if wrong:
+                self.wrong_digests.add(digest.sha256)
             aside = st.set_aside(why)
+            if refused:
+                write_refusal(aside, url=self.url, meta=meta, expected=self.exp)
             raise AttemptFailed(
                 "verification failed: " + "; ".join(problems) + f" (bad copy moved to {aside})",
                 bad_bytes=True,
+                refused=refused,
             )
         rec = DownloadRecord(
             path=str(Path(os.path.abspath(st.dest))),
