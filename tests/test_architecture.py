@@ -138,3 +138,24 @@ def test_the_check_sees_every_form_of_import(source, module):
 def test_the_cycle_check_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+CLIENT_PROTOCOL = (
+    "ecephys_pipeline.rma",
+    "ecephys_pipeline.dandi",
+    "ecephys_pipeline.sources",
+    "ecephys_pipeline.download",
+)
+
+
+def test_the_fake_shares_no_protocol_code_with_the_client():
+    """The stand-in server speaks the RMA, S3 and DANDI protocols with its own code: a bug shared
+    with the client's query builder, listing reader or download engine would pass every test."""
+    shared = sorted(
+        f"{m} -> {t}"
+        for m, targets in package_graph().items()
+        if m.startswith("ecephys_pipeline.fake")
+        for t in targets
+        if any(t == c or t.startswith(c + ".") for c in CLIENT_PROTOCOL)
+    )
+    assert shared == []
