@@ -36,6 +36,7 @@ include: "workflow/rules/select.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/lfp.smk"
+include: "workflow/rules/analysis.smk"
 
 
 localrules:

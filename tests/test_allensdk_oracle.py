@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import oracle_analysis
 import workflow_helpers as helpers
-from ecephys_pipeline import extract, lfp, metadata, selection, synth
+from ecephys_pipeline import analysis, extract, lfp, metadata, selection, synth
 from ecephys_pipeline.fake import FakeWarehouse
 from ecephys_pipeline.sources import Source, fetch_table
 
@@ -208,6 +209,14 @@ def run(synth_dataset, tmp_path_factory):
     session_files = {str(s): str(root / f"files/session_{s}/session_{s}.nwb") for s in by_session}
     for path in session_files.values():
         extract.extract_session(path, parquet, unit_filters=None)
+    # and our analysis tables of every session, every unit, every stimulus (default bins)
+    for s in by_session:
+        analysis.analyze_session(parquet, s, bins=ANALYSIS_BINS)
+    analysis_plan = {
+        "sessions": session_files,
+        "bins": {k: analysis.bin_edges(v).tolist() for k, v in ANALYSIS_BINS.items()},
+        "default_bins": analysis.bin_edges(ANALYSIS_BINS["default"]).tolist(),
+    }
 
     ours_dir, theirs_dir = tmp / "ours", tmp / "allensdk_cache"
     workdir = helpers.copy_workflow(tmp / "workflow")
@@ -233,6 +242,7 @@ def run(synth_dataset, tmp_path_factory):
                 "no_lfp_probe_id": no_lfp_probe,
             },
             nwb={"path": str(nwb), "lfp": lfp_files, "stimulus_paths": session_files},
+            analysis=analysis_plan,
             catalogue={
                 "host": cfw.url.removeprefix("http://"),
                 "manifest": str(tmp / "catalogue_cache" / "manifest.json"),
@@ -260,6 +270,11 @@ def run(synth_dataset, tmp_path_factory):
         tripwire_requests = list(trip.requests)
     with np.load(tmp / "oracle_first" / "nwb_arrays.npz") as npz:
         arrays = {k: npz[k] for k in npz.files}
+    analysis_npz = tmp / "oracle_first" / "analysis_arrays.npz"
+    analysis_arrays = {}
+    if analysis_npz.exists():
+        with np.load(analysis_npz) as npz:
+            analysis_arrays = {k: npz[k] for k in npz.files}
     return {
         "root": root,
         "sid": sid,
@@ -279,9 +294,18 @@ def run(synth_dataset, tmp_path_factory):
         "wf_lfp": wf_lfp,
         "result": result,
         "arrays": arrays,
+        "analysis_arrays": analysis_arrays,
         "fake_requests": fake_requests,
         "tripwire_requests": tripwire_requests,
     }
+
+
+# Bins of the analysis comparison: the default 10 ms bins, and one stimulus with bins reaching
+# far past its presentations (drifting gratings run 2 s; 50 ms bins to 2.5 s).
+ANALYSIS_BINS = {
+    "default": {"start": -0.1, "stop": 0.35, "width": 0.01},
+    "drifting_gratings": {"start": -0.5, "stop": 2.5, "width": 0.05},
+}
 
 
 # The realistic 58-session catalogue, seeded so that (as of synth 03b43f4) it shows two id
@@ -813,4 +837,34 @@ def test_realistic_catalogue_through_allensdk(run):
     else:
         path = synth.ensure_lfp_nwb(root, plan["lfp_probe_id"])
         problems += lfp_problems(got["lfp"], path, plan["lfp_probe_id"])
+    check(problems)
+
+
+# ------------------------------------------------------------------------------ analysis (issue 14)
+
+
+def test_analysis_condition_ids_map_one_to_one(run):
+    got = section(run, "analysis")
+    assert sorted(int(s) for s in got if s != "seconds") == run["session_ids"]
+    problems = []
+    for sid in run["session_ids"]:
+        problems += oracle_analysis.condition_problems(
+            sid, run["parquet"], got[str(sid)], run["analysis_arrays"]
+        )
+    check(problems)
+
+
+def test_analysis_tables_equal_allensdk(run):
+    """Per stimulus of every session: presentationwise_spike_counts and presentationwise_spike_
+    times exactly, conditionwise_spike_statistics (counts and rates) within 1e-12 relative."""
+    got = section(run, "analysis")
+    problems = []
+    compared = 0
+    for sid in run["session_ids"]:
+        for name in got[str(sid)]["stimuli"]:
+            problems += oracle_analysis.stimulus_problems(
+                sid, name, run["parquet"], got[str(sid)], run["analysis_arrays"]
+            )
+            compared += 1
+    assert compared >= 8, "both session types' stimuli were compared"
     check(problems)

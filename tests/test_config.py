@@ -16,7 +16,10 @@ from ecephys_pipeline import config as C
 from ecephys_pipeline.layout import TABLES
 
 REPO = Path(__file__).resolve().parents[1]
-VALID_TOP_KEYS = "cache_dir, demo, download, download_on_submit_host, lock_file, selection, source"
+VALID_TOP_KEYS = (
+    "analysis, cache_dir, demo, download, download_on_submit_host, lfp_arrays, lock_file, "
+    "selection, source"
+)
 
 
 @pytest.fixture
@@ -53,12 +56,17 @@ def test_config_schema_has_description_and_default_everywhere():
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
 
     def walk(node, path):
+        extra = node.get("additionalProperties")
         if node.get("type") == "object" or "properties" in node:
-            assert node.get("additionalProperties") is False, path
+            # a closed mapping, or a mapping of free names (e.g. stimulus -> bins) to one schema
+            assert extra is False or isinstance(extra, dict), path
+        required = set(node.get("required", ()))
         for key, sub in node.get("properties", {}).items():
             assert "description" in sub, f"{path}.{key} has no description"
-            assert "default" in sub, f"{path}.{key} has no default"
+            assert "default" in sub or key in required, f"{path}.{key} has no default"
             walk(sub, f"{path}.{key}")
+        if isinstance(extra, dict):
+            walk(extra, f"{path}.<name>")
 
     walk(schema, "config")
 

@@ -120,12 +120,15 @@ def test_reruns_do_only_what_changed(tmp_path):
     assert rules.count("extract_session") == 3, rules
     assert not [r for r in rules if r.startswith(("download", "fetch_metadata"))], rules
 
-    # one output deleted: only the job that makes it
+    # one output deleted: only the job that makes it (and the analysis job that reads it)
     victim = workdir / f"results/parquet/units/session_id={new}/part-0.parquet"
     victim.unlink()
     proc = helpers.run_snakemake(workdir, *config_args(workdir, spec))
     rules = [(r, w) for r, w in helpers.jobs_run(proc) if r not in ("all", "write_manifest")]
-    assert rules == [("extract_session", f"session_id={new}")], rules
+    assert rules == [
+        ("extract_session", f"session_id={new}"),
+        ("analyze_session", f"session_id={new}"),
+    ], rules
     assert victim.exists()
 
 

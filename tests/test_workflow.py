@@ -98,7 +98,7 @@ def test_readme_queries_agree_across_pandas_polars_duckdb(demo_run, monkeypatch)
     """The README's cross-session query, as written there, gives one answer in all three readers."""
     workdir, _ = demo_run
     readme = (helpers.REPO / "README.md").read_text()
-    section = readme[readme.index("### Reading the Parquet") : readme.index("## Lock files")]
+    section = readme[readme.index("### Reading the Parquet") : readme.index("### Tuning curves")]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) == 3
     monkeypatch.chdir(workdir)
@@ -167,6 +167,59 @@ def test_readme_lfp_query_reads_the_visp_window(demo_run, monkeypatch):
         assert np.array_equal(window.values, want)
         assert np.array_equal(window.channel.values, ids[cols])
         assert np.array_equal(window.time.values, times[rows])
+
+
+def test_readme_tuning_curves_agree_across_readers_and_with_the_spike_times(demo_run, monkeypatch):
+    """The README's preferred-orientation example gives one answer in pandas, Polars and DuckDB,
+    and the same answer recomputed from presentation_spike_times (rates per presentation)."""
+    workdir, _ = demo_run
+    readme = (helpers.REPO / "README.md").read_text()
+    section = readme[readme.index("### Tuning curves") : readme.index("## Lock files")]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 3
+    monkeypatch.chdir(workdir)
+    answers = []
+    for block in blocks:
+        namespace: dict = {}
+        exec(block, namespace)  # noqa: S102 - the README's own example code
+        got = namespace["preferred"]
+        got = got if isinstance(got, pd.DataFrame) else got.to_pandas()
+        answers.append(
+            {(int(r.session_id), int(r.unit_id)): float(r.orientation) for r in got.itertuples()}
+        )
+    assert answers[0] == answers[1] == answers[2]
+    assert len(answers[0]) > 0 and len(set(answers[0].values())) > 1
+
+    # independently: spikes per presentation from presentation_spike_times, / duration
+    root = workdir / "results/parquet"
+    times = pd.read_parquet(root / "presentation_spike_times")
+    pres = pd.read_parquet(root / "presentation_running_speed")
+    conds = pd.read_parquet(root / "stimulus_conditions")
+    units = pd.read_parquet(root / "units", columns=["session_id", "unit_id"])
+    for frame in (times, pres, conds, units):
+        frame["session_id"] = frame["session_id"].astype(int)
+    pres = pres[pres.stimulus_name == "drifting_gratings"]
+    grid = pres.merge(units, on="session_id")
+    n = times.groupby(["session_id", "stimulus_presentation_id", "unit_id"]).size()
+    grid["n"] = (
+        n.reindex(
+            pd.MultiIndex.from_frame(grid[["session_id", "stimulus_presentation_id", "unit_id"]])
+        )
+        .fillna(0)
+        .to_numpy()
+    )
+    grid["rate"] = grid["n"] / grid["duration"]
+    grid = grid.merge(
+        conds[["session_id", "stimulus_condition_id", "orientation"]],
+        on=["session_id", "stimulus_condition_id"],
+    ).dropna(subset=["orientation"])
+    per_cond = grid.groupby(["session_id", "unit_id", "stimulus_condition_id", "orientation"])[
+        "rate"
+    ].mean()
+    tuning = per_cond.groupby(["session_id", "unit_id", "orientation"]).mean()
+    for (sid, uid), ori in answers[0].items():
+        curve = tuning.loc[(sid, uid)]
+        assert curve.max() == pytest.approx(curve.loc[ori], rel=1e-12, abs=1e-12), (sid, uid)
 
 
 def test_rule_scripts_find_the_package_without_an_install(tmp_path):

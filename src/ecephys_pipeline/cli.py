@@ -96,6 +96,53 @@ def _extract_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------- analyze
+
+
+@register("analyze", help="write one session's stimulus-aligned analysis tables from its Parquet")
+def _analyze_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parquet", required=True, type=Path, help="root of the Parquet datasets")
+    p.add_argument("--session-id", required=True, type=int)
+    p.add_argument("--out", type=Path, default=None, help="output root (default: --parquet)")
+    p.add_argument(
+        "--bins",
+        default=None,
+        help='JSON {stimulus_name | "default": {start, stop, width}} (seconds from onset); '
+        "omitted = 10 ms bins from -0.1 to 0.35 s",
+    )
+    p.add_argument("--stimulus", action="append", dest="stimuli", default=None)
+    p.add_argument(
+        "--unit-filters",
+        default=None,
+        help="as for extract; omitted = every unit of the units table",
+    )
+    p.set_defaults(run=_analyze_run)
+
+
+def _analyze_run(args: argparse.Namespace) -> int:
+    from .analysis import AnalysisError, analyze_session
+
+    try:
+        bins = json.loads(args.bins) if args.bins else None
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--bins: invalid JSON ({e})") from e
+    try:
+        result = analyze_session(
+            args.parquet,
+            args.session_id,
+            args.out,
+            bins=bins,
+            stimuli=args.stimuli,
+            unit_filters=_load_unit_filters(args.unit_filters),
+        )
+    except (AnalysisError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
 # ----------------------------------------------------------------------------------- plan
 
 

@@ -340,6 +340,26 @@ def _leaf_paths(schema: pa.Schema) -> tuple[list[str], dict[str, str]]:
     return dict_cols, enc
 
 
+def parquet_writer(
+    path: Path, schema: pa.Schema, metadata: Mapping[str, str], dictionary: Iterable[str] = ()
+) -> pq.ParquetWriter:
+    """A ParquetWriter with the project's options (docs/SCHEMA.md "Encoding") and ``metadata``
+    added to the schema's key-value metadata; write row groups with ``write_table``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema_meta = dict(schema.metadata or {})
+    schema_meta.update({k.encode(): v.encode() for k, v in metadata.items()})
+    dict_cols, enc = _leaf_paths(schema)
+    return pq.ParquetWriter(
+        path,
+        schema.with_metadata(schema_meta),
+        compression="zstd",
+        compression_level=ZSTD_LEVEL,
+        use_dictionary=dict_cols + list(dictionary),
+        column_encoding=enc or None,
+        write_statistics=True,
+    )
+
+
 def _write_parquet(
     table: pa.Table,
     path: Path,
@@ -348,21 +368,10 @@ def _write_parquet(
     row_group_size: int = SPIKE_ROW_GROUP,
     dictionary: Iterable[str] = (),
 ) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    schema_meta = dict(table.schema.metadata or {})
-    schema_meta.update({k.encode(): v.encode() for k, v in metadata.items()})
-    table = table.replace_schema_metadata(schema_meta)
-    dict_cols, enc = _leaf_paths(table.schema)
-    pq.write_table(
-        table,
-        path,
-        compression="zstd",
-        compression_level=ZSTD_LEVEL,
-        use_dictionary=dict_cols + list(dictionary),
-        column_encoding=enc or None,
-        write_statistics=True,
-        row_group_size=row_group_size,
-    )
+    with parquet_writer(path, table.schema, metadata, dictionary) as writer:
+        writer.write_table(
+            table.replace_schema_metadata(writer.schema.metadata), row_group_size=row_group_size
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,6 +14,11 @@ runs independently; a failure is recorded as ``{"error": traceback}`` and the ot
 ``catalogue``  {host, manifest, session_id, lfp_session_id, lfp_probe_id}
     The realistic (58-session) catalogue: the four tables through the cache (errors recorded),
     one session NWB and one probe's LFP.
+``analysis``   {sessions: {session_id: path}, bins: {stimulus_name: [edges]}, default_bins: [edges]}
+    ``EcephysSession.from_nwb_path`` (unit filters off) on each file: ``stimulus_conditions``,
+    each presentation's condition id, and per stimulus ``presentationwise_spike_counts``,
+    ``presentationwise_spike_times`` and ``conditionwise_spike_statistics`` (both ``use_rates``)
+    for every unit of ``session.units`` (arrays go to ``out/analysis_arrays.npz``).
 ``nwb``        {path, lfp: {probe_id: lfp_path}, stimulus_paths: {session_id: path}}
     ``EcephysSession.from_nwb_path`` on one session file, with unit filters off and with
     AllenSDK's defaults (arrays go to ``out/nwb_arrays.npz``), and the stimulus presentations
@@ -222,6 +227,59 @@ def run_nwb(spec: dict, out_dir: Path) -> dict:
     return out
 
 
+def run_analysis(spec: dict, out_dir: Path) -> dict:
+    from allensdk.brain_observatory.ecephys.ecephys_session import EcephysSession
+
+    filters_off = {
+        "amplitude_cutoff_maximum": None,
+        "presence_ratio_minimum": None,
+        "isi_violations_maximum": None,
+        "filter_by_validity": False,
+        "filter_out_of_brain_units": False,
+    }
+    arrays: dict[str, np.ndarray] = {}
+    out: dict = {}
+    for sid, path in spec["sessions"].items():
+        session = EcephysSession.from_nwb_path(path, api_kwargs=filters_off)
+        stim = session.stimulus_presentations
+        unit_ids = np.sort(session.units.index.values)
+        got = {
+            "conditions": frame(session.stimulus_conditions),
+            "presentation_ids": [int(i) for i in stim.index],
+            "presentation_conditions": [int(c) for c in stim["stimulus_condition_id"]],
+            "unit_ids": [int(u) for u in unit_ids],
+            "stimuli": {},
+        }
+        arrays[f"{sid}_condition_ids"] = stim["stimulus_condition_id"].to_numpy()
+        for name in sorted(stim["stimulus_name"].unique()):
+            edges = np.array(spec["bins"].get(name, spec["default_bins"]), dtype=np.float64)
+            ids = stim.index[stim["stimulus_name"] == name].values
+            key = f"{sid}_{name}"
+            counts = session.presentationwise_spike_counts(edges, ids, unit_ids)
+            arrays[f"{key}_counts"] = np.asarray(counts.values)  # (presentation, bin, unit)
+            times = session.presentationwise_spike_times(ids, unit_ids)
+            arrays[f"{key}_times"] = times.index.to_numpy(dtype=np.float64)
+            for col in ("stimulus_presentation_id", "unit_id"):
+                arrays[f"{key}_times_{col}"] = times[col].to_numpy(dtype=np.int64)
+            arrays[f"{key}_times_since_onset"] = times[
+                "time_since_stimulus_presentation_onset"
+            ].to_numpy(dtype=np.float64)
+            got["stimuli"][name] = {
+                "presentation_ids": [int(i) for i in ids],
+                "statistics": frame(
+                    session.conditionwise_spike_statistics(ids, unit_ids).reset_index()
+                ),
+                "rate_statistics": frame(
+                    session.conditionwise_spike_statistics(
+                        ids, unit_ids, use_rates=True
+                    ).reset_index()
+                ),
+            }
+        out[str(sid)] = got
+    np.savez(out_dir / "analysis_arrays.npz", **arrays)
+    return out
+
+
 def main(plan_path: str) -> int:
     plan = json.loads(Path(plan_path).read_text())
     out_dir = Path(plan["out"])
@@ -234,6 +292,7 @@ def main(plan_path: str) -> int:
         "offline": lambda s: run_offline(s),
         "nwb": lambda s: run_nwb(s, out_dir),
         "catalogue": lambda s: run_catalogue(s),
+        "analysis": lambda s: run_analysis(s, out_dir),
     }
     for name, runner in runners.items():
         if plan.get(name) is None:

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 from ecephys_pipeline import download, layout, lockfile
+from ecephys_pipeline.analysis import ANALYSIS_DATASETS
 from ecephys_pipeline.fake import demo
 
 CACHE = config["cache_dir"]
@@ -74,8 +75,19 @@ def parquet_outputs(session_id):
     return files + [f"results/parquet/spikes/session_id={session_id}"]
 
 
+def analysis_outputs(session_id):
+    return [
+        f"results/parquet/{d}/session_id={session_id}/part-0.parquet"
+        for d in ANALYSIS_DATASETS
+    ]
+
+
 def all_parquet_outputs(wildcards):
-    return [f for s in selected_sessions() for f in parquet_outputs(s["session_id"])]
+    return [
+        f
+        for s in selected_sessions()
+        for f in parquet_outputs(s["session_id"]) + analysis_outputs(s["session_id"])
+    ]
 
 
 LFP_STORE = "results/lfp/session_id={session_id}/probe_id={probe_id}.zarr"
@@ -140,6 +152,18 @@ def cache_state(wildcards):
     return "changed" if changed else "ok"
 
 
+def analysis_options():
+    """The analysis stage's options; unit_filters: the selection's, or None (every unit)."""
+    opts = config["analysis"]
+    return {
+        "bins": dict(opts["bins"]),
+        "stimuli": opts["stimuli"],
+        "unit_filters": (
+            SPEC["unit_filters"] if opts["restrict_to_unit_filters"] else None
+        ),
+    }
+
+
 def source_config():
     """What the scripts need to reach the source (a url_file is read at run time)."""
     return {"source": config["source"]}
@@ -163,3 +187,9 @@ def recorded_mb(record):
 def extract_mem_mb(wildcards, input, attempt):
     """Extraction holds one probe's spikes and the waveform block: scale with the file."""
     return int((1024 + 1.5 * recorded_mb(input.record)) * attempt)
+
+
+def analysis_mem_mb(wildcards, input, attempt):
+    """The analysis holds the session's spike times (~ the spike files' size) plus one chunk."""
+    spikes = sum(f.stat().st_size for f in Path(input.spikes).rglob("*.parquet"))
+    return int((1024 + 1.5 * spikes / 2**20) * attempt)
