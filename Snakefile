@@ -30,11 +30,15 @@ except ValueError as error:
 validate(config, schema=str(pipeline_config.schema_path("config")))
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/metadata.smk"
 include: "workflow/rules/select.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/extract.smk"
+include: "workflow/rules/report.smk"
 
 
 localrules:
@@ -45,3 +49,4 @@ rule all:
     default_target: True
     input:
         get_final_output,
+        report_outputs,

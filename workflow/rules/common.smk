@@ -110,3 +110,26 @@ def download_runtime(wildcards, attempt):
 def extract_mem_mb(wildcards, input, attempt):
     """Extraction holds one probe's spikes and the waveform block: scale with the file."""
     return int((1024 + 1.5 * input.size_mb) * attempt)
+
+
+# ----------------------------------------------------------------------------------------------
+# The report stage (workflow/rules/report.smk).
+
+
+def session_figure(name, category):
+    return report(
+        f"results/report/session_{{session_id}}/{name}",
+        caption=f"../report/{name.rsplit('.', 1)[0]}.rst",
+        category=category,
+        subcategory="session {session_id}",
+        labels={"session": "{session_id}", "figure": category},
+    )
+
+
+def report_outputs(wildcards):
+    """The report's figures and tables: part of the default target."""
+    sessions = [s["session_id"] for s in selected_sessions()]
+    return [
+        *rules.report_run.output,
+        *expand(rules.report_session.output, session_id=sessions),
+    ]
