@@ -170,6 +170,31 @@ def demo_run(tmp_path_factory):
 
 
 @pytest.mark.e2e
+def test_the_terminal_shows_the_plan_then_a_summary(demo_run):
+    workdir, proc = demo_run
+    err = proc.stderr
+    plan_at, first_download = err.index("plan of this run"), err.index("rule download_")
+    assert plan_at < first_download, "the plan comes before the downloads"
+    assert err.count("plan of this run") == 1
+    assert "bytes to download: 0.07 GB" in err
+    summary = err[err.index("\ndone:\n") :]
+    assert "sessions: 2" in summary
+    units = len(pd.read_parquet(workdir / "results/parquet/units"))
+    spikes = len(pd.read_parquet(workdir / "results/parquet/spikes", columns=["unit_id"]))
+    assert f"units: {units:,}; spikes: {spikes:,}" in summary
+    assert "snakemake --configfile config/demo.yaml --report report.html" in summary
+    for log in (
+        "metadata/units",
+        "metadata/cache_manifest",
+        "extract/write_manifest",
+        "download/write_lock",
+        "select/select_sessions",
+        "report/run",
+    ):
+        assert (workdir / f"logs/{log}.log").read_text().strip(), f"{log}.log says nothing"
+
+
+@pytest.mark.e2e
 def test_report_zip_holds_every_figure(demo_run):
     workdir, _ = demo_run
     proc = helpers.run_snakemake(workdir, "--report", "report.zip")

@@ -1,6 +1,7 @@
 import json
+import sys
 
-from ecephys_pipeline import layout
+from ecephys_pipeline import layout, terminal
 from ecephys_pipeline.fake import demo
 
 CACHE = config["cache_dir"]
@@ -26,15 +27,30 @@ def start_demo_services():
         )
 
 
+# The terminal: the plan before the first download (selected_sessions), each download's
+# progress while it runs (a thread of this process reading the .part sizes), a summary at the end.
+PROGRESS = terminal.ProgressWatcher(
+    "results/selection/plan.json",
+    interval=config["download"]["progress_interval_s"],
+)
+
+
 onstart:
     start_demo_services()
+    PROGRESS.start()
 
 
 onsuccess:
+    PROGRESS.stop()
     demo.stop_for(config)
+    print(
+        terminal.run_summary(configfiles=list(workflow.overwrite_configfiles)),
+        file=sys.stderr,
+    )
 
 
 onerror:
+    PROGRESS.stop()
     demo.stop_for(config)
 
 
@@ -44,7 +60,9 @@ onerror:
 
 def selected_sessions():
     """The selection artifact (results/selection/selection.json) once the checkpoint ran."""
-    with open(checkpoints.select_sessions.get().output.selection) as handle:
+    output = checkpoints.select_sessions.get().output
+    terminal.announce_plan(output.selection, output.plan)  # once, before any download
+    with open(output.selection) as handle:
         return json.load(handle)["sessions"]
 
 
