@@ -29,10 +29,7 @@ def start_demo_services():
 
 # The terminal: the plan before the first download (selected_sessions), each download's
 # progress while it runs (a thread of this process reading the .part sizes), a summary at the end.
-PROGRESS = terminal.ProgressWatcher(
-    "results/selection/plan.json",
-    interval=config["download"]["progress_interval_s"],
-)
+PROGRESS = terminal.ProgressWatcher("results/selection/plan.json")
 
 
 onstart:
