@@ -13,8 +13,10 @@ import struct
 import zipfile
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
+import polars as pl
 import pytest
 
 import workflow_helpers as helpers
@@ -230,3 +232,33 @@ def test_report_zip_holds_every_figure(demo_run):
     # the figures are the files of results/report, byte for byte
     on_disk = workdir / f"results/report/session_{sessions[0]['session_id']}/raster_psth.png"
     assert on_disk.read_bytes() in found["raster_psth.png"]
+
+
+@pytest.mark.e2e
+def test_a_smaller_selection_leaves_only_its_partitions_readable(demo_run, tmp_path):
+    """After the two-session run, a one-session spec: every reader sees one session; the other
+    session's partitions are under results/stale/ and its NWB files are still in the cache."""
+    workdir, _ = demo_run
+    before = json.loads((workdir / "results/selection/selection.json").read_text())
+    kept, dropped = (s["session_id"] for s in before["sessions"])
+    spec = workdir / "config/one.yaml"
+    spec.write_text("limit: 1\nfetch_lfp: true\n")
+    proc = helpers.run_snakemake(workdir, "--config", "selection=config/one.yaml")
+    assert f"sessions no longer selected ({dropped})" in proc.stderr
+    parquet = workdir / "results/parquet"
+    for dataset in ("units", "spikes", "waveforms", "stimulus_presentations", "running_speed"):
+        root = parquet / dataset
+        assert set(pd.read_parquet(root, columns=["session_id"]).session_id.astype(int)) == {kept}
+        glob = f"{root}/**/*.parquet"
+        polars = pl.scan_parquet(glob, hive_partitioning=True).select("session_id").unique()
+        assert polars.collect()["session_id"].to_list() == [kept], dataset
+        rows = duckdb.sql(
+            f"SELECT DISTINCT session_id FROM read_parquet('{glob}', hive_partitioning = true)"
+        ).fetchall()
+        assert rows == [(kept,)], dataset
+        assert (workdir / f"results/stale/parquet/{dataset}/session_id={dropped}").is_dir()
+    assert (workdir / f"results/stale/report/session_{dropped}/raster_psth.png").is_file()
+    cache = workdir / "resources/allen_cache"
+    assert (cache / f"session_{dropped}/session_{dropped}.nwb").is_file(), "the cache is kept"
+    manifest = json.loads((workdir / "results/manifest.json").read_text())
+    assert all(f"session_id={dropped}" not in path for path in manifest["outputs"])

@@ -4,9 +4,9 @@
   before the first download; read from the checkpoint's ``plan.json`` with the bytes present
   and the free space measured again at that moment.
 - :class:`ProgressWatcher`: a background thread that reports each download in flight (bytes,
-  rate, ETA) every ``interval`` seconds from the sizes of the ``.part`` files, so the screen is
-  not silent for the hour a 3 GB file takes (every :data:`PROGRESS_INTERVAL_S` seconds); it reads files only, so it works the same whether
-  the jobs run here or on cluster nodes sharing the filesystem.
+  rate, ETA) every :data:`PROGRESS_INTERVAL_S` seconds from the sizes of the ``.part`` files, so
+  the screen is not silent for the hour a 3 GB file takes; it reads files only, so it works the
+  same whether the jobs run here or on cluster nodes sharing the filesystem.
 - :func:`run_summary`: after a successful run, what was made, where, and what to do next.
 
 Nothing here changes a file; every function returns or writes text only.
@@ -27,7 +27,6 @@ import pyarrow.parquet as pq
 
 from . import download
 from .plan import Plan, PlannedFile
-
 
 PROGRESS_INTERVAL_S = 30.0
 """Seconds between two progress lines of one download: at most 8 downloads run at once, so at

@@ -1,7 +1,7 @@
 import json
 import sys
 
-from ecephys_pipeline import layout, terminal
+from ecephys_pipeline import layout, stale, terminal
 from ecephys_pipeline.fake import demo
 
 CACHE = config["cache_dir"]
@@ -40,6 +40,10 @@ onstart:
 onsuccess:
     PROGRESS.stop()
     demo.stop_for(config)
+    # partitions of sessions no longer selected leave the dataset roots (nothing is deleted)
+    moved = stale.retire_unselected("results", "results/selection/selection.json")
+    if moved:
+        print(stale.describe(moved), file=sys.stderr)
     print(
         terminal.run_summary(configfiles=list(workflow.overwrite_configfiles)),
         file=sys.stderr,
