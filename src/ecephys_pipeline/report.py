@@ -429,6 +429,7 @@ def selection_counts_figure(counts: Sequence[Mapping[str, Any]]) -> Figure:
         ax.text(n, yi, f" {n}", va="center", fontsize=9)
     ax.set_yticks(y, names)
     ax.set_xlabel("sessions left")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(0, max(left + [1]) * 1.15)
     ax.set_title("selection: sessions left after each filter of the spec")
     return fig
