@@ -30,6 +30,9 @@ except ValueError as error:
 validate(config, schema=str(pipeline_config.schema_path("config")))
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/metadata.smk"
 include: "workflow/rules/select.smk"
@@ -37,6 +40,7 @@ include: "workflow/rules/download.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/lfp.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/report.smk"
 
 
 localrules:
@@ -47,3 +51,4 @@ rule all:
     default_target: True
     input:
         get_final_output,
+        report_outputs,

@@ -168,21 +168,22 @@ def _plan_run(args: argparse.Namespace) -> int:
 
     from .config import load_spec, load_workflow_config
     from .download import DownloadError
-    from .plan import InsufficientSpaceError, check_space, plan_from_config
+    from .plan import InsufficientSpaceError, check_space, explain, plan_from_config
     from .rma import RmaError
     from .selection import SelectionError
     from .sources import SourceError
 
+    config: dict = {}
     try:
         config = load_workflow_config(args.configfile)
         load_spec(config["selection"])  # a bad spec fails before any service starts
         with args.services(config):
             chosen, the_plan = plan_from_config(config)
     except (SelectionError, ValueError, FileNotFoundError) as e:  # ConfigError, SpecError too
-        print(f"error: {e}", file=sys.stderr)
+        print(explain(e, config), file=sys.stderr)
         return 2
     except (RmaError, SourceError, DownloadError, requests.RequestException) as e:
-        print(f"error: {e}", file=sys.stderr)  # the source is unreachable or misbehaves
+        print(explain(e, config), file=sys.stderr)  # the source is unreachable or misbehaves
         return 2
     for session in chosen["sessions"]:
         names = ", ".join(

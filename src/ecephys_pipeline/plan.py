@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import requests
+
 from . import atomic, download, layout, metadata, rma, sources
 
 log = logging.getLogger(__name__)
@@ -114,8 +116,47 @@ def make_plan(
         return PlannedFile(rel, session_id, probe_id, url, size, bytes_present(dest, size))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        files = list(pool.map(one, planned_files(selection)))
+        try:
+            files = list(pool.map(one, planned_files(selection)))
+        except sources.SourceError as e:
+            raise sources.SourceError(f"{e}. {stale_tables_fix(cache_dir)}") from None
     return Plan(str(cache_dir), files, shutil.disk_usage(existing_ancestor(cache_dir)).free)
+
+
+def stale_tables_fix(cache_dir: str | Path) -> str:
+    """The fix when the source does not know an id of the cached metadata tables."""
+    cache = Path(cache_dir)
+    names = ", ".join(layout.table_path(t) for t in layout.TABLES)
+    return (
+        f"If the metadata tables cached in {cache} came from another source or catalogue (another "
+        f"source.url, or the demo with another demo.realistic), delete them ({names} in {cache}) "
+        "and run again: they are fetched again from this source"
+    )
+
+
+def explain(error: BaseException | str, config: dict) -> str:
+    """``error: <message>``, one line, with the fix for the foreseeable cases the message alone
+    does not name: ids the catalogue does not know (the default demo's synthetic catalogue, or
+    cached tables from another source) and an unreachable source."""
+    message = f"error: {error}"
+    demo = config.get("demo") or {}
+    cache_dir = config.get("cache_dir")
+    if "is not in the sessions table" in message:
+        if demo.get("enabled") and not demo.get("realistic"):
+            message += (
+                " (the default demo's catalogue has two synthetic sessions; the specs in "
+                "config/examples/ name real ids, types and areas: run them on the realistic "
+                "demo, --configfile config/demo_realistic.yaml)"
+            )
+        elif cache_dir and (Path(cache_dir) / layout.table_path("sessions")).exists():
+            message += f". {stale_tables_fix(cache_dir)}"
+    elif isinstance(error, rma.RmaError | requests.RequestException):
+        where = (config.get("source") or {}).get("url") or "the source"
+        message += (
+            f". Is {where} reachable from here? Check the network and source.url, then run "
+            "again (cached tables and finished files are kept)"
+        )
+    return message
 
 
 def check_space(plan: Plan, *, reserve_bytes: int = 1 << 30) -> None:

@@ -31,6 +31,7 @@ PACKAGES = (
     "requests",
     "pyyaml",
     "jsonschema",
+    "matplotlib",
 )
 
 

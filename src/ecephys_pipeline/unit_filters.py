@@ -71,6 +71,44 @@ def _threshold(filters: Mapping[str, Any], key: str) -> float:
     return _OFF[key] if value is None else float(value)
 
 
+def filter_masks(
+    *,
+    quality: Any | None,
+    amplitude_cutoff: Any,
+    presence_ratio: Any,
+    isi_violations: Any,
+    valid: Any | None = None,
+    in_brain: Any | None = None,
+    filters: Mapping[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """One boolean array per filter that applies, in the order of :data:`DEFAULT_UNIT_FILTERS`:
+    which units pass that filter alone (the report draws them). Their AND is :func:`unit_mask`.
+
+    Keys: ``quality``, ``amplitude_cutoff``, ``presence_ratio``, ``isi_violations``, ``valid``,
+    ``in_brain``; ``quality``, ``valid`` and ``in_brain`` only where that filter is on and the
+    column is given. A metric threshold is always compared (off = +/-inf), so NaN fails it.
+    """
+    f = normalise_filters(filters)
+    masks: dict[str, np.ndarray] = {}
+    labels = f["quality"]
+    if labels is not None and quality is not None:
+        allowed = [labels] if isinstance(labels, str) else list(labels)
+        masks["quality"] = (
+            pd.Series(np.asarray(quality, dtype=object)).isin(allowed).to_numpy(dtype=bool)
+        )
+    with np.errstate(invalid="ignore"):
+        masks["amplitude_cutoff"] = _floats(amplitude_cutoff) <= _threshold(
+            f, "amplitude_cutoff_maximum"
+        )
+        masks["presence_ratio"] = _floats(presence_ratio) >= _threshold(f, "presence_ratio_minimum")
+        masks["isi_violations"] = _floats(isi_violations) <= _threshold(f, "isi_violations_maximum")
+    if f["filter_by_validity"] and valid is not None:
+        masks["valid"] = np.asarray(valid, dtype=bool)
+    if f["filter_out_of_brain_units"] and in_brain is not None:
+        masks["in_brain"] = np.asarray(in_brain, dtype=bool)
+    return masks
+
+
 def unit_mask(
     *,
     quality: Any | None,
@@ -88,17 +126,13 @@ def unit_mask(
     known and has a brain structure). An argument given as None is a column the caller does not
     have: the filter that needs it does not apply (``quality=None``: no quality filter).
     """
-    f = normalise_filters(filters)
-    with np.errstate(invalid="ignore"):
-        m = _floats(amplitude_cutoff) <= _threshold(f, "amplitude_cutoff_maximum")
-        m &= _floats(presence_ratio) >= _threshold(f, "presence_ratio_minimum")
-        m &= _floats(isi_violations) <= _threshold(f, "isi_violations_maximum")
-    labels = f["quality"]
-    if labels is not None and quality is not None:
-        allowed = [labels] if isinstance(labels, str) else list(labels)
-        m &= pd.Series(np.asarray(quality, dtype=object)).isin(allowed).to_numpy(dtype=bool)
-    if f["filter_by_validity"] and valid is not None:
-        m &= np.asarray(valid, dtype=bool)
-    if f["filter_out_of_brain_units"] and in_brain is not None:
-        m &= np.asarray(in_brain, dtype=bool)
-    return m
+    masks = filter_masks(
+        quality=quality,
+        amplitude_cutoff=amplitude_cutoff,
+        presence_ratio=presence_ratio,
+        isi_violations=isi_violations,
+        valid=valid,
+        in_brain=in_brain,
+        filters=filters,
+    )
+    return np.logical_and.reduce(list(masks.values()))

@@ -1,8 +1,9 @@
 import functools
 import json
+import sys
 from pathlib import Path
 
-from ecephys_pipeline import download, layout, lockfile
+from ecephys_pipeline import download, layout, lockfile, stale, terminal
 from ecephys_pipeline.analysis import ANALYSIS_DATASETS
 from ecephys_pipeline.fake import demo
 
@@ -29,15 +30,31 @@ def start_demo_services():
         )
 
 
+# The terminal: the plan before the first download (selected_sessions), each download's
+# progress while it runs (a thread of this process reading the .part sizes), a summary at the end.
+PROGRESS = terminal.ProgressWatcher("results/selection/plan.json")
+
+
 onstart:
     start_demo_services()
+    PROGRESS.start()
 
 
 onsuccess:
+    PROGRESS.stop()
     demo.stop_for(config)
+    # partitions of sessions no longer selected leave the dataset roots (nothing is deleted)
+    moved = stale.retire_unselected("results", "results/selection/selection.json")
+    if moved:
+        print(stale.describe(moved), file=sys.stderr)
+    print(
+        terminal.run_summary(configfiles=list(workflow.overwrite_configfiles)),
+        file=sys.stderr,
+    )
 
 
 onerror:
+    PROGRESS.stop()
     demo.stop_for(config)
 
 
@@ -47,7 +64,9 @@ onerror:
 
 def selected_sessions():
     """The selection artifact (results/selection/selection.json) once the checkpoint ran."""
-    with open(checkpoints.select_sessions.get().output.selection) as handle:
+    output = checkpoints.select_sessions.get().output
+    terminal.announce_plan(output.selection, output.plan)  # once, before any download
+    with open(output.selection) as handle:
         return json.load(handle)["sessions"]
 
 
@@ -193,3 +212,26 @@ def analysis_mem_mb(wildcards, input, attempt):
     """The analysis holds the session's spike times (~ the spike files' size) plus one chunk."""
     spikes = sum(f.stat().st_size for f in Path(input.spikes).rglob("*.parquet"))
     return int((1024 + 1.5 * spikes / 2**20) * attempt)
+
+
+# ----------------------------------------------------------------------------------------------
+# The report stage (workflow/rules/report.smk).
+
+
+def session_figure(name, category):
+    return report(
+        f"results/report/session_{{session_id}}/{name}",
+        caption=f"../report/{name.rsplit('.', 1)[0]}.rst",
+        category=category,
+        subcategory="session {session_id}",
+        labels={"session": "{session_id}", "figure": category},
+    )
+
+
+def report_outputs(wildcards):
+    """The report's figures and tables: part of the default target."""
+    sessions = [s["session_id"] for s in selected_sessions()]
+    return [
+        *rules.report_run.output,
+        *expand(rules.report_session.output, session_id=sessions),
+    ]

@@ -1,6 +1,8 @@
+import logging
 from pathlib import Path
 
 from ecephys_pipeline import logs, metadata
 
 logs.to_file(snakemake.log[0])
-metadata.write_cache_manifest(Path(snakemake.output.manifest).parent)
+path = metadata.write_cache_manifest(Path(snakemake.output.manifest).parent)
+logging.info("wrote the AllenSDK cache manifest %s", path)

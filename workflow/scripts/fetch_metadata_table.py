@@ -1,3 +1,4 @@
+import logging
 import sys
 
 from ecephys_pipeline import logs, metadata, rma, sources
@@ -13,3 +14,10 @@ try:
 except (sources.SourceError, rma.RmaError, metadata.MetadataError) as e:
     sys.exit(f"error: {e}")
 metadata.write_table_csv(table, snakemake.output.table)
+logging.info(
+    "%s: %d rows, %d columns -> %s",
+    snakemake.wildcards.table,
+    len(table),
+    len(table.columns),
+    snakemake.output.table,
+)

@@ -1,25 +1,51 @@
 import logging
+import sys
 from pathlib import Path
 
-from ecephys_pipeline import logs, plan, selection, sources
+import requests
+
+from ecephys_pipeline import download, logs, metadata, plan, rma, selection, sources
 
 logs.to_file(snakemake.log[0])
-spec = selection.load_spec(snakemake.input.spec)
 cache_dir = Path(snakemake.input.tables[0]).parent
-tables = selection.load_tables(cache_dir)
-chosen = selection.resolve(spec, tables)
+
+
+def fail(error):
+    """One line in the log (Snakemake shows it), no traceback, the fix named."""
+    sys.exit(plan.explain(error, snakemake.config))
+
+
+try:
+    spec = selection.load_spec(snakemake.input.spec)
+    tables = selection.load_tables(cache_dir)
+    chosen = selection.resolve(spec, tables)
+except (selection.SelectionError, ValueError) as e:  # SpecError, MetadataError
+    fail(e)
 chosen.to_json(snakemake.output.selection)
 resolved = chosen.to_dict()
-settings = snakemake.config["download"]
+logging.info(
+    "selected %d sessions, %d probes (%s)",
+    len(resolved["sessions"]),
+    sum(len(s["probes"]) for s in resolved["sessions"]),
+    ", ".join(f"{c['filter']}: {c['sessions_left']}" for c in resolved["counts"]),
+)
+settings = snakemake.config["download"]  # not params: they decide whether, not what
 if settings["preflight"]:
-    source = sources.Source.from_config(snakemake.params.source)
-    the_plan = plan.make_plan(resolved, source, cache_dir)
-    logging.info("plan:\n%s", the_plan.summary(resolved))
     try:
+        source = sources.Source.from_config(snakemake.params.source)
+        the_plan = plan.make_plan(resolved, source, cache_dir)
+        logging.info("plan:\n%s", the_plan.summary(resolved))
         plan.check_space(the_plan, reserve_bytes=int(settings["reserve_free_gb"] * 1e9))
-    except Exception:
+    except (
+        sources.SourceError,
+        rma.RmaError,
+        download.DownloadError,
+        plan.InsufficientSpaceError,
+        metadata.MetadataError,
+        requests.RequestException,
+    ) as e:
         Path(snakemake.output.selection).unlink()  # no selection, no download
-        raise
+        fail(e)
     the_plan.to_json(snakemake.output.plan)
 else:
     Path(snakemake.output.plan).write_text('{"preflight": false}\n')

@@ -18,6 +18,10 @@ try:
         records.append(download.verified_file(path, expected=expected))
     lockfile.write_lock(records, snakemake.output.lock, cache_dir=config["cache_dir"])
 except (download.DownloadError, lockfile.LockError) as e:
-    logging.error("%s", e)
-    sys.exit(1)
-logging.info("lock file %s: %d files", snakemake.output.lock, len(records))
+    sys.exit(f"error: {e}")
+logging.info(
+    "lock file %s: %d files, %d bytes, each verified (size, sha256)",
+    snakemake.output.lock,
+    len(records),
+    sum(r.size for r in records),
+)

@@ -1,3 +1,4 @@
+import logging
 from pathlib import Path
 
 from ecephys_pipeline import logs, provenance
@@ -15,3 +16,10 @@ manifest = provenance.run_manifest(
     root=Path("."),
 )
 provenance.write_run_manifest(snakemake.output.manifest, manifest)
+logging.info(
+    "run manifest %s: pipeline %s, %d inputs, %d outputs",
+    snakemake.output.manifest,
+    manifest["pipeline_version"],
+    len(manifest["inputs"]),
+    len(manifest["outputs"]),
+)
