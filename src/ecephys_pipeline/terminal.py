@@ -26,7 +26,7 @@ from typing import IO, Any
 import pyarrow.parquet as pq
 
 from . import download
-from .plan import Plan, PlannedFile
+from .plan import Plan, PlannedFile, bytes_present, existing_ancestor
 
 PROGRESS_INTERVAL_S = 30.0
 """Seconds between two progress lines of one download: at most 8 downloads run at once, so at
@@ -56,10 +56,9 @@ def load_plan(plan_json: str | Path) -> Plan | None:
     files = []
     for entry in doc["files"]:
         f = PlannedFile(**entry)
-        f.present = download.bytes_present(cache_dir / f.path, f.size)
+        f.present = bytes_present(cache_dir / f.path, f.size)
         files.append(f)
-    where = cache_dir if cache_dir.exists() else download.existing_ancestor(cache_dir)
-    return Plan(str(cache_dir), files, shutil.disk_usage(where).free)
+    return Plan(str(cache_dir), files, shutil.disk_usage(existing_ancestor(cache_dir)).free)
 
 
 _announced: set[tuple[str, int]] = set()
@@ -136,7 +135,7 @@ class ProgressWatcher:
             except OSError:
                 continue
             # a parallel .part is preallocated: its sidecar's per-range progress counts
-            have = download.bytes_present(dest, size) or part_size
+            have = bytes_present(dest, size) or part_size
             rel = entry["path"]
             if rel not in self._seen:
                 self._seen[rel] = (now, have, now)
