@@ -855,7 +855,7 @@ def test_options_defaults_are_the_config_schemas():
     """One default per setting: what the engine uses without a config is the config's default."""
     schema = _config_schema_download()
     engine = {f.name: f.default for f in dataclasses.fields(Options)}
-    plan_keys = {"preflight", "reserve_free_gb"}  # the plan's settings, not a transfer's
+    plan_keys = {"preflight"}  # the plan's; reserve_free_gb is both (it bounds unknown sizes)
     assert set(schema) - set(engine) == plan_keys
     for key in set(schema) & set(engine):
         assert engine[key] == schema[key]["default"], key
@@ -873,3 +873,33 @@ def test_options_from_config_takes_every_setting_and_names_unknown_ones():
         Options.from_config({"read_timeout": 30})
     with pytest.raises(ValueError, match="at least 1"):
         Options(max_attempts=0)
+
+
+def test_a_body_without_length_is_downloaded_and_verified(fake, dataset, tmp_path):
+    """Issue 12 item 6: no Content-Length, the body ends at the close; the bytes are still
+    verified (sha256, HDF5) before they reach their final path."""
+    fake.set_faults([{"kind": "no_length", "match": "session_1.nwb"}])
+    dest = tmp_path / "s1.nwb"
+    rec = download_file(url(fake, 1), dest, options=FAST)
+    assert_clean_success(rec, dest, source(dataset, 1))
+    got = [r for r in fake.requests if r["method"] == "GET" and "session_1.nwb" in r["path"]]
+    assert got and all(r["status"] == 200 for r in got)
+
+
+def test_a_body_without_length_stops_before_the_disk_reserve(fake, dataset, tmp_path):
+    """Issue 12 item 6: a body of unknown length must not fill the file system: it stops when
+    only download.reserve_free_gb would be left, with one final error naming the setting."""
+    size = source(dataset, 1).stat().st_size
+    room = size // 8  # the room left above the reserve: an eighth of the file
+    options = fast(reserve_free_gb=(shutil.disk_usage(tmp_path).free - room) / 1e9)
+    fake.clear_requests()
+    fake.set_faults([{"kind": "no_length", "match": "session_1.nwb"}])
+    dest = tmp_path / "s1.nwb"
+    with pytest.raises(DownloadError) as err:
+        download_file(url(fake, 1), dest, options=options)
+    message = str(err.value)
+    assert "no Content-Length" in message and "reserve_free_gb" in message
+    assert not dest.exists()
+    assert Path(f"{dest}.part").stat().st_size < size // 2  # (slack: other writers on the disk)
+    gets = [r for r in fake.requests if r["method"] == "GET" and "session_1.nwb" in r["path"]]
+    assert len(gets) == 1, "final: not retried"

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-PLAN_KEYS = frozenset({"preflight", "reserve_free_gb"})
+PLAN_KEYS = frozenset({"preflight"})
 """Keys of the config's ``download:`` section that belong to the plan, not to a transfer."""
 
 
@@ -33,6 +33,7 @@ class Options:
     verify_hdf5: bool = True
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60
+    reserve_free_gb: float = 1  # a body of unknown length stops before the disk has less free
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1 or self.connections_per_file < 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ class Transfer:
     ):
         self.url, self.state, self.exp, self.session = url, state, exp, session
         self.check = check  # content check of a complete file (None: opens as HDF5)
+        self.reserve = options.reserve_free_gb
         self.wrong_digests: set[str] = set()  # sha256 of complete files refused in this call
         self.timeout = options.timeout
         self.connections = options.connections_per_file
@@ -223,6 +225,11 @@ class Transfer:
         """
         prog = self.progress(total, offset)
         limit = None if total is None else total - offset
+        # No Content-Length: the body ends when the server closes. Bound it by the disk, keeping
+        # reserve_free_gb free, so a server that never stops cannot fill the file system.
+        room = None
+        if limit is None:
+            room = shutil.disk_usage(self.state.part.parent).free - int(self.reserve * 1e9)
         writer = _Writer(self.state.part, self.state.digest, self.name)
         got, slow, net_error = 0, None, None
         floor = RateFloor()
@@ -233,6 +240,14 @@ class Transfer:
                     break
                 if limit is not None and got + len(chunk) > limit:
                     chunk = chunk[: limit - got]
+                if room is not None and got + len(chunk) > room:
+                    raise AttemptFailed(
+                        f"the server sent no Content-Length and the body passed {got} bytes, all "
+                        f"the room left in {self.state.part.parent} while keeping "
+                        f"download.reserve_free_gb ({self.reserve:g} GB) free; not continued "
+                        "(free space, lower reserve_free_gb, or use a source that says the size)",
+                        fatal=True,
+                    )
                 writer.put(chunk)
                 got += len(chunk)
                 self.fetched += len(chunk)

@@ -22,6 +22,7 @@ FAULT_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ignore_range": ((), ()),  # answer a Range request with 200 and the full body
     "bandwidth": (("bytes_per_second",), ()),  # pace this response's body
     "no_validators": ((), ()),  # omit ETag and Last-Modified
+    "no_length": ((), ()),  # no Content-Length: the body ends when the connection closes
     "rma_error": ((), ("msg",)),  # RMA envelope success:false
     "rma_zero_rows": ((), ()),  # RMA envelope num_rows:0 with total_rows>0 (AllenSDK loops)
     "rma_total_rows": (("total_rows",), ()),  # the envelope claims this total_rows (rows true)
@@ -37,7 +38,7 @@ FAULT_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 DANDI_KINDS = {"dandi_wrong_digest", "dandi_wrong_sha256", "dandi_wrong_etag"}
 BODY_KINDS = {"drop_after", "stall", "short_body", "flip_byte", "bandwidth", "wrong_length"}
 HEADER_KINDS = {"wrong_length"}  # the only body kind that also matters to HEAD
-FILE_KINDS = {"ignore_range", "no_validators"}
+FILE_KINDS = {"ignore_range", "no_validators", "no_length"}
 RMA_KINDS = {"rma_error", "rma_zero_rows", "rma_total_rows", "rma_repeat_page", "rma_row"}
 REPEAT_PAGE_TOTAL_ROWS = 10**9  # what rma_repeat_page claims by default
 
@@ -101,7 +102,7 @@ class BodyPlan:
         self.stall: tuple[int, float] | None = None
         self.flips: set[int] = set()
         self.bandwidth: float | None = None
-        self.ignore_range = self.no_validators = False
+        self.ignore_range = self.no_validators = self.no_length = False
         for f in faults:
             k = f["kind"]
             if k == "drop_after":
@@ -120,3 +121,5 @@ class BodyPlan:
                 self.ignore_range = True
             elif k == "no_validators":
                 self.no_validators = True
+            elif k == "no_length":
+                self.no_length = True

@@ -317,6 +317,9 @@ class _Handler(BaseHTTPRequestHandler):
         """Headers + body of ``length`` bytes whose first byte is at ``offset0`` of the source."""
         declared = length if plan.wrong_length is None else plan.wrong_length
         headers = {**headers, "Content-Length": str(declared)}
+        if plan.no_length:  # HTTP/1.1 without a length: the body is delimited by the close
+            del headers["Content-Length"]
+            self.close_connection = True
         self._start(status, headers)
         if self.command == "HEAD":
             if plan.wrong_length is not None:
