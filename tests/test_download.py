@@ -878,12 +878,13 @@ def test_options_from_config_takes_every_setting_and_names_unknown_ones():
 def test_a_body_without_length_is_downloaded_and_verified(fake, dataset, tmp_path):
     """Issue 12 item 6: no Content-Length, the body ends at the close; the bytes are still
     verified (sha256, HDF5) before they reach their final path."""
+    fake.clear_requests()
     fake.set_faults([{"kind": "no_length", "match": "session_1.nwb"}])
     dest = tmp_path / "s1.nwb"
     rec = download_file(url(fake, 1), dest, options=FAST)
     assert_clean_success(rec, dest, source(dataset, 1))
     got = [r for r in fake.requests if r["method"] == "GET" and "session_1.nwb" in r["path"]]
-    assert got and all(r["status"] == 200 for r in got)
+    assert [(r["status"], r["faults"]) for r in got] == [(200, ["no_length"])]
 
 
 def test_a_body_without_length_stops_before_the_disk_reserve(fake, dataset, tmp_path):
