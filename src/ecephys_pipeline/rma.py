@@ -21,7 +21,6 @@ appended to the query), but unlike AllenSDK (allen-warehouse.md §1.3):
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import random
@@ -33,6 +32,8 @@ from typing import TypeVar
 
 import requests
 import urllib3
+
+from .retry_after import parse_retry_after
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -140,19 +141,6 @@ class RetryPolicy:
         if retry_after is not None:
             return min(retry_after, self.retry_after_max)
         return random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date, RFC 9110,
-    section 10.2.3); None when absent or unreadable."""
-    value = (value or "").strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return max(0.0, when - (time.time() if now is None else now))
 
 
 @dataclass(frozen=True)

@@ -3,18 +3,17 @@ of a status code for the next attempt, reading a body as it arrives, and the rat
 
 from __future__ import annotations
 
-import email.utils
 import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import requests
 import urllib3
 
 from .. import __version__
+from ..retry_after import parse_retry_after
 from .digests import CHUNK
 from .errors import DownloadError
 from .retry import AttemptFailed
@@ -48,24 +47,6 @@ def new_session(pool: int = 10) -> requests.Session:
     s.mount("http://", adapter)
     s.mount("https://", adapter)
     return s
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent
-    or unparseable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    now_dt = datetime.fromtimestamp(time.time() if now is None else now, UTC)
-    return max(0.0, (when - now_dt).total_seconds())
 
 
 def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
