@@ -15,7 +15,6 @@ from pathlib import Path
 import h5py
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 import workflow_helpers as helpers
 from ecephys_pipeline import synth
@@ -36,17 +35,9 @@ def fake(dataset):
 
 
 def configure(workdir: Path, fake: FakeWarehouse, **changes) -> list[str]:
-    config = yaml.safe_load((workdir / "config/demo.yaml").read_text())
-    config["source"] = {"kind": "warehouse", "url": fake.url}
-    config["demo"] = {"enabled": False}
-    for key, value in changes.items():
-        section, _, name = key.partition("__")
-        if name:
-            config[section][name] = value
-        else:
-            config[section] = value
-    (workdir / "config/test.yaml").write_text(yaml.safe_dump(config))
-    return ["--configfile", "config/test.yaml"]
+    """The demo's config against this module's server (demo off), with ``changes``."""
+    server = {"source": {"kind": "warehouse", "url": fake.url}, "demo": {"enabled": False}}
+    return helpers.write_config(workdir, **server, **changes)
 
 
 @pytest.fixture(scope="module")

@@ -8,23 +8,10 @@ import json
 import shutil
 
 import pytest
-import yaml
 
 import workflow_helpers as helpers
 
 pytestmark = pytest.mark.e2e
-
-
-def write_config(workdir, **changes) -> list[str]:
-    config = yaml.safe_load((workdir / "config/demo.yaml").read_text())
-    for key, value in changes.items():
-        section, _, name = key.partition("__")
-        if name:
-            config[section][name] = value
-        else:
-            config[section] = value
-    (workdir / "config/test.yaml").write_text(yaml.safe_dump(config))
-    return ["--configfile", "config/test.yaml"]
 
 
 def state(workdir):
@@ -54,7 +41,7 @@ def warehouse_run(tmp_path_factory):
 
 def test_s3_layout_gives_the_same_bytes(warehouse_run, tmp_path):
     workdir = helpers.copy_workflow(tmp_path / "s3")
-    helpers.run_snakemake(workdir, *write_config(workdir, source__kind="s3"))
+    helpers.run_snakemake(workdir, *helpers.write_config(workdir, source__kind="s3"))
     assert state(workdir) == state(warehouse_run)
     lock = json.loads((workdir / "results/ecephys.lock.json").read_text())
     urls = [entry["url"] for entry in lock["files"].values()]
@@ -68,7 +55,7 @@ def test_local_mounted_cache_needs_no_server(warehouse_run, tmp_path):
     mounted = tmp_path / "mounted"  # e.g. a workshop drive or the bucket mounted with s3fs
     allensdk_cache_copy(warehouse_run, mounted)
     workdir = helpers.copy_workflow(tmp_path / "local")
-    args = write_config(
+    args = helpers.write_config(
         workdir, source={"kind": "local", "url": str(mounted)}, demo={"enabled": False}
     )
     helpers.run_snakemake(workdir, *args)

@@ -33,6 +33,22 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
+def write_config(workdir: Path, **changes) -> list[str]:
+    """The demo's config with ``changes`` (``section=value`` replaces a section,
+    ``section__key=value`` one key of it) as config/test.yaml; the snakemake arguments for it."""
+    import yaml
+
+    config = yaml.safe_load((workdir / "config/demo.yaml").read_text())
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        if name:
+            config[section][name] = value
+        else:
+            config[section] = value
+    (workdir / "config/test.yaml").write_text(yaml.safe_dump(config))
+    return ["--configfile", "config/test.yaml"]
+
+
 def snakemake_command(*args: str, configfile: str = "config/demo.yaml") -> list[str]:
     return [*SNAKEMAKE, "--cores", "2", "--configfile", configfile, *args]
 
