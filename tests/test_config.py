@@ -17,8 +17,8 @@ from ecephys_pipeline.layout import TABLES
 
 REPO = Path(__file__).resolve().parents[1]
 VALID_TOP_KEYS = (
-    "analysis, cache_dir, demo, download, download_on_submit_host, lfp_arrays, lock_file, "
-    "selection, source"
+    "analysis, cache_dir, dandi, demo, download, download_on_submit_host, lfp_arrays, lock_file, "
+    "mirrors, selection, source"
 )
 
 
@@ -168,9 +168,11 @@ def test_a_repeated_key_is_refused_with_its_lines(workdir):
     bad = demo_with(workdir, "lock_file: null\n", "lock_file: null\ncache_dir: elsewhere\n")
     with pytest.raises(C.ConfigError) as exc:
         C.load_workflow_config(bad)
+    lines = Path(bad).read_text().splitlines()
+    first, second = [i + 1 for i, line in enumerate(lines) if line.startswith("cache_dir:")]
     assert str(exc.value) == (
-        "config (config/bad.yaml): line 12: key 'cache_dir' appears twice (first on line 9); "
-        "keep one"
+        f"config (config/bad.yaml): line {second}: key 'cache_dir' appears twice (first on line "
+        f"{first}); keep one"
     )
 
 

@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from ecephys_pipeline import download as dl
-from ecephys_pipeline import sources
+from ecephys_pipeline import mirrors, sources
 from ecephys_pipeline.download import (
     ChecksumMismatchError,
     DownloadError,
@@ -662,13 +662,23 @@ def test_lock_file_is_deterministic_and_checks(fake, dataset, tmp_path):
     assert lock.read_bytes() == first
     doc = read_lock(lock)
     assert list(doc["files"]) == ["session_1/session_1.nwb", "session_2/session_2.nwb"]
-    assert set(doc["files"]["session_1/session_1.nwb"]) == {"size", "sha256", "url", "etag"}
+    assert set(doc["files"]["session_1/session_1.nwb"]) == {
+        "size",
+        "sha256",
+        "dandi_etag",
+        "url",
+        "etag",
+        "mirror",
+        "published",
+    }
     assert str(tmp_path) not in first.decode()  # relative paths only
-    # the files agree with their lock: fetch_nwb under the lock accepts them as they are
-    bucket = sources.Source("s3", fake.url)
+    # the files agree with their lock: fetch_nwb under the lock accepts them as they are (their
+    # origin unknown to the mirrors: "cache")
+    bucket = mirrors.Mirrors.of(sources.Source("s3", fake.url))
     n0 = len(fake.requests)
     for sid, rec in zip((2, 1), recs, strict=True):
-        assert sources.fetch_nwb(bucket, rec.path, sid, cache_dir=cache, lock_file=lock) == rec
+        got = mirrors.fetch_nwb(bucket, rec.path, sid, cache_dir=cache, lock_file=lock)
+        assert (got.size, got.sha256, got.mirror) == (rec.size, rec.sha256, "cache")
         assert expected_for(rec.path, doc, cache_dir=cache)["sha256"] == rec.sha256
     assert new_requests(fake, n0) == []
 
@@ -686,8 +696,8 @@ def test_lock_mismatch_is_an_error_and_sets_the_file_aside(fake, dataset, tmp_pa
     # the file on disk differs from its lock entry: refused, set aside, and fetched again, whose
     # bytes differ from the lock too
     with pytest.raises(LockMismatchError) as ei:
-        bucket = sources.Source("s3", fake.url)
-        sources.fetch_nwb(bucket, dest, 1, cache_dir=cache, lock_file=lock, options=FAST)
+        bucket = mirrors.Mirrors.of(sources.Source("s3", fake.url))
+        mirrors.fetch_nwb(bucket, dest, 1, cache_dir=cache, lock_file=lock, options=FAST)
     msg = str(ei.value)
     assert "session_1/session_1.nwb" in msg and "ab" * 32 in msg and rec.sha256 in msg
     assert not dest.exists() and list(dest.parent.glob("session_1.nwb.mismatch-*"))

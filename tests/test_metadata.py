@@ -423,6 +423,8 @@ def _workflow_config(workdir, url: str, **download) -> str:
     config = yaml.safe_load((workdir / "config/demo.yaml").read_text())
     config["demo"]["enabled"] = False
     config["source"] = {"kind": "warehouse", "url": url}
+    config["mirrors"] = None  # the source alone
+    config["dandi"] = {"verify_digests": False}
     config["download"].update(download)
     (workdir / "config/test.yaml").write_text(yaml.safe_dump(config))
     return "config/test.yaml"

@@ -1,6 +1,8 @@
-"""The three sources end to end through the workflow (issue 3): the warehouse, the bucket's S3
-layout over HTTPS, and a local (mounted) AllenSDK cache; plus adopting an existing AllenSDK
-cache. Each gives the same files, hence the same Parquet, byte for byte."""
+"""The sources and mirrors end to end through the workflow (issues 3 and 13): the demo's fallback
+list (bucket, DANDI, warehouse), each mirror alone (the bucket's S3 layout over HTTPS, the DANDI
+Archive, the warehouse, a local mounted AllenSDK cache), and adopting an existing AllenSDK cache.
+Each gives the same files, hence the same Parquet, byte for byte; the lock file says which mirror
+delivered each file and whose published digest it matched."""
 
 from __future__ import annotations
 
@@ -39,13 +41,44 @@ def warehouse_run(tmp_path_factory):
     return workdir
 
 
-def test_s3_layout_gives_the_same_bytes(warehouse_run, tmp_path):
-    workdir = helpers.copy_workflow(tmp_path / "s3")
-    helpers.run_snakemake(workdir, *helpers.write_config(workdir, source__kind="s3"))
+URL_FILE = "resources/fake_warehouse/url"
+
+
+def lock_of(workdir) -> dict:
+    return json.loads((workdir / "results/ecephys.lock.json").read_text())
+
+
+def test_the_fallback_list_delivers_from_the_first_mirror_held_to_dandi(warehouse_run):
+    lock = lock_of(warehouse_run)
+    assert set(lock["dandi"]) == {"000021", "000022"}
+    for entry in lock["files"].values():
+        assert entry["mirror"] == "s3", entry
+        assert entry["published"] in {f"DANDI {d}/{v}" for d, v in lock["dandi"].items()}
+        assert entry["dandi_etag"].endswith("-1")
+
+
+@pytest.mark.parametrize(
+    "kind, url_part",
+    [
+        ("s3", "/visual-coding-neuropixels/ecephys-cache/session_"),
+        ("dandi", "/api/assets/"),
+        ("warehouse", "/api/v2/well_known_file_download/"),
+    ],
+)
+def test_each_mirror_alone_gives_the_same_bytes(warehouse_run, tmp_path, kind, url_part):
+    workdir = helpers.copy_workflow(tmp_path / kind)
+    mirror = {"kind": kind} if kind == "dandi" else {"kind": kind, "url_file": URL_FILE}
+    # the metadata tables from the bucket when the files come from it, as a cloud user would
+    source_kind = "s3" if kind == "s3" else "warehouse"
+    args = helpers.write_config(workdir, mirrors=[mirror], source__kind=source_kind)
+    helpers.run_snakemake(workdir, *args)
     assert state(workdir) == state(warehouse_run)
-    lock = json.loads((workdir / "results/ecephys.lock.json").read_text())
-    urls = [entry["url"] for entry in lock["files"].values()]
-    assert all("/visual-coding-neuropixels/ecephys-cache/session_" in u for u in urls), urls
+    files = lock_of(workdir)["files"]
+    assert all(url_part in e["url"] and e["mirror"] == kind for e in files.values()), files
+    assert all(e["published"] for e in files.values())
+    assert [e["sha256"] for e in files.values()] == [
+        e["sha256"] for e in lock_of(warehouse_run)["files"].values()
+    ]
     for table in ("sessions", "probes", "channels", "units"):
         a = (workdir / f"resources/allen_cache/{table}.csv").read_bytes()
         assert a == (warehouse_run / f"resources/allen_cache/{table}.csv").read_bytes(), table
@@ -56,12 +89,18 @@ def test_local_mounted_cache_needs_no_server(warehouse_run, tmp_path):
     allensdk_cache_copy(warehouse_run, mounted)
     workdir = helpers.copy_workflow(tmp_path / "local")
     args = helpers.write_config(
-        workdir, source={"kind": "local", "url": str(mounted)}, demo={"enabled": False}
+        workdir,
+        source={"kind": "local", "url": str(mounted)},
+        mirrors=None,  # the source alone
+        dandi={"verify_digests": False},  # no network at all
+        demo={"enabled": False},
     )
     helpers.run_snakemake(workdir, *args)
     assert state(workdir) == state(warehouse_run)
     lock = json.loads((workdir / "results/ecephys.lock.json").read_text())
     assert all(e["url"].startswith("file://") for e in lock["files"].values())
+    assert all(e["mirror"] == "local" and e["published"] is None for e in lock["files"].values())
+    assert "dandi" not in lock
     assert not (workdir / "resources/fake_warehouse").exists(), "no server was involved"
 
 

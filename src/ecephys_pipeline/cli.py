@@ -167,6 +167,7 @@ def _plan_run(args: argparse.Namespace) -> int:
     import requests
 
     from .config import load_spec, load_workflow_config
+    from .dandi import DandiError
     from .download import DownloadError
     from .plan import InsufficientSpaceError, check_space, explain, plan_from_config
     from .rma import RmaError
@@ -182,7 +183,7 @@ def _plan_run(args: argparse.Namespace) -> int:
     except (SelectionError, ValueError, FileNotFoundError) as e:  # ConfigError, SpecError too
         print(explain(e, config), file=sys.stderr)
         return 2
-    except (RmaError, SourceError, DownloadError, requests.RequestException) as e:
+    except (RmaError, SourceError, DandiError, DownloadError, requests.RequestException) as e:
         print(explain(e, config), file=sys.stderr)  # the source is unreachable or misbehaves
         return 2
     for session in chosen["sessions"]:

@@ -22,13 +22,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
-from . import atomic, rma
+from . import atomic, layout, rma
 
 SHA256 = "dandi:sha2-256"
 ETAG = "dandi:dandi-etag"
 PAGE_SIZE = 1000  # the archive's maximum (docs/dandi.md §2)
 MAX_PAGES = 100  # 383 assets in the two dandisets; a listing this long is a broken server
-LISTING_DIR = "dandi"  # under cache_dir
 _ASSET = re.compile(r"_ses-(\d+)(?:_probe-(\d+)_ecephys)?\.nwb$")
 
 
@@ -58,6 +57,13 @@ class Asset:
         if self.sha256:
             out["sha256"] = self.sha256
         return out
+
+
+def api_url(base_url: str) -> str:
+    """The API root of an archive at ``base_url`` (``https://api.dandiarchive.org`` →
+    ``.../api``; a URL that already ends in ``/api`` is taken as it is)."""
+    base = base_url.rstrip("/")
+    return base if base.endswith("/api") else f"{base}/api"
 
 
 def file_key(path: str) -> tuple[int, int | None] | None:
@@ -167,7 +173,7 @@ class Listing:
 
 
 def listing_file(cache_dir: str | Path, dandiset: str, version: str) -> Path:
-    return Path(cache_dir) / LISTING_DIR / f"{dandiset}_{version}.json"
+    return Path(cache_dir) / layout.DANDI_LISTING.format(dandiset=dandiset, version=version)
 
 
 def load_listing(
@@ -176,10 +182,11 @@ def load_listing(
     cache_dir: str | Path,
     *,
     policy: rma.RetryPolicy | None = None,
+    keep: bool = True,
 ) -> Listing:
     """The listing of every ``dandiset: version`` pair: read from the cache directory when a
-    published version was fetched before, else fetched and kept there (``draft`` changes, so it
-    is fetched every time and never kept)."""
+    published version was fetched before, else fetched and kept there (``keep=False``: in memory
+    only; ``draft`` changes, so it is fetched every time and never kept)."""
     assets: list[Asset] = []
     for dandiset, version in sorted(versions.items()):
         path = listing_file(cache_dir, dandiset, version)
@@ -191,7 +198,7 @@ def load_listing(
             except (ValueError, KeyError, TypeError):
                 pass  # a damaged copy: fetch it again
         fetched = fetch_listing(api_url, dandiset, version, policy=policy)
-        if version != "draft":
+        if keep and version != "draft":
             doc = {"dandiset": dandiset, "version": version, "assets": [asdict(a) for a in fetched]}
             atomic.write_json(path, doc)
         assets += fetched

@@ -20,6 +20,9 @@ CACHE_MANIFEST = "manifest.json"
 SESSION_NWB = "session_{session_id}/session_{session_id}.nwb"
 LFP_NWB = "session_{session_id}/probe_{probe_id}_lfp.nwb"
 RECORD_SUFFIX = ".download.json"
+# the DANDI Archive's listing of one published dandiset version, kept (docs/dandi.md §2)
+DANDI_DIR = "dandi"
+DANDI_LISTING = DANDI_DIR + "/{dandiset}_{version}.json"
 """A verified file's record sits beside it: ``<file>.download.json``."""
 
 

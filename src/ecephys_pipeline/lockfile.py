@@ -3,12 +3,17 @@
 Format (deterministic: sorted keys, no timestamps, paths relative to ``cache_dir`` with ``/``)::
 
     {"version": 1,
+     "dandi": {"000021": "0.251116.2246", ...},          # the DANDI versions verified against
      "files": {"session_1/session_1.nwb":
-                   {"size": 123, "sha256": "...", "url": "...", "etag": "..."}}}
+                   {"size": 123, "sha256": "...", "dandi_etag": "...-1", "url": "...",
+                    "etag": "...", "mirror": "s3", "published": "DANDI 000021/0.251116.2246"}}}
 
-Two runs that fetched identical bytes write byte-identical lock files, so the lock can be committed
-and diffed. A file is held to its entry by passing ``expected_for(...)`` to the download engine as
-the bytes it must have (``sources.fetch_nwb`` does); this module knows nothing of downloads.
+``mirror`` says which of the config's mirrors delivered the file, ``published`` whose published
+digest it matched (null: verified by size, content and lock only). Two runs that fetched
+identical bytes from the same mirrors write byte-identical lock files, so the lock can be
+committed and diffed. A file is held to its entry by passing ``expected_for(...)`` to the download
+engine as the bytes it must have (``mirrors.fetch_nwb`` does); this module knows nothing of
+downloads.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 from . import atomic
 
 LOCK_VERSION = 1
-_LOCK_FIELDS = ("size", "sha256", "url", "etag")
+_LOCK_FIELDS = ("size", "sha256", "dandi_etag", "url", "etag", "mirror", "published")
 
 
 class LockError(ValueError):
@@ -55,8 +60,14 @@ def _relative_key(path: str | os.PathLike, cache_dir: Path) -> str:
     return rel.as_posix()
 
 
-def lock_document(records: Iterable[Any], *, cache_dir: str | os.PathLike) -> dict[str, Any]:
-    """The lock file's content for ``records`` (DownloadRecords or their dicts)."""
+def lock_document(
+    records: Iterable[Any],
+    *,
+    cache_dir: str | os.PathLike,
+    dandi: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The lock file's content for ``records`` (DownloadRecords or their dicts); ``dandi``: the
+    DANDI versions ({dandiset: version}) whose published digests the run verified against."""
     cache_dir = Path(cache_dir)
     files: dict[str, dict[str, Any]] = {}
     for rec in records:
@@ -66,7 +77,10 @@ def lock_document(records: Iterable[Any], *, cache_dir: str | os.PathLike) -> di
         if key in files and files[key] != entry:
             raise LockError(f"two different records for {key}: {files[key]} and {entry}")
         files[key] = entry
-    return {"version": LOCK_VERSION, "files": dict(sorted(files.items()))}
+    doc: dict[str, Any] = {"version": LOCK_VERSION, "files": dict(sorted(files.items()))}
+    if dandi:
+        doc["dandi"] = dict(sorted(dandi.items()))
+    return doc
 
 
 def dumps_lock(doc: Mapping[str, Any]) -> str:
@@ -74,10 +88,15 @@ def dumps_lock(doc: Mapping[str, Any]) -> str:
 
 
 def write_lock(
-    records: Iterable[Any], path: str | os.PathLike, *, cache_dir: str | os.PathLike
+    records: Iterable[Any],
+    path: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike,
+    dandi: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the lock file for ``records`` atomically; returns its path."""
-    return atomic.write_text(path, dumps_lock(lock_document(records, cache_dir=cache_dir)))
+    doc = lock_document(records, cache_dir=cache_dir, dandi=dandi)
+    return atomic.write_text(path, dumps_lock(doc))
 
 
 def read_lock(path: str | os.PathLike) -> dict[str, Any]:
@@ -97,12 +116,29 @@ def read_lock(path: str | os.PathLike) -> dict[str, Any]:
     files = doc.get("files")
     if not isinstance(files, dict):
         raise LockError(f"lock file {path} has no 'files' mapping")
+    dandi = doc.get("dandi", {})
+    if not isinstance(dandi, dict) or not all(isinstance(v, str) for v in dandi.values()):
+        raise LockError(f"lock file {path}: 'dandi' must map dandisets to versions")
     for key, entry in files.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("size"), int):
             raise LockError(f"lock file {path}: entry {key!r} has no integer 'size'")
         if not isinstance(entry.get("sha256"), str) or len(entry["sha256"]) != 64:
             raise LockError(f"lock file {path}: entry {key!r} has no 64-hex-digit 'sha256'")
     return doc
+
+
+def check_dandi_versions(
+    lock: Mapping[str, Any], versions: Mapping[str, str], *, lock_file: str | os.PathLike
+) -> None:
+    """A run pinned to a lock file verifies against the DANDI versions the lock was made with."""
+    pinned = lock.get("dandi") or {}
+    differ = {k: (v, versions.get(k)) for k, v in pinned.items() if versions.get(k) != v}
+    if differ:
+        said = ", ".join(f"{k}: lock {a}, config {b}" for k, (a, b) in sorted(differ.items()))
+        raise LockError(
+            f"the lock file {lock_file} was verified against other DANDI versions ({said}): "
+            "set dandi.versions to the lock's, or remove lock_file from the config"
+        )
 
 
 def expected_for(

@@ -1,7 +1,8 @@
 """The plan of a run, before any byte moves: which files, how many bytes, and whether they fit.
 
-For every file of a selection (session NWB, LFP NWB where fetched) it records the source URL, the
-remote size (one HEAD each, several at a time), and what is already on disk (a finished file, or
+For every file of a selection (session NWB, LFP NWB where fetched) it records the size (from the
+DANDI listing, else one HEAD each to the mirrors, several at a time, retried) and what is already
+on disk (a finished file, or
 the bytes of a ``.part`` that will be resumed), then compares the bytes still to fetch with the
 free space of the cache directory: the plan owns "does it fit".
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from . import atomic, download, layout, metadata, rma, sources
+from . import atomic, dandi, download, layout, metadata, mirrors, rma, sources
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class PlannedFile:
     path: str  # relative to the cache dir
     session_id: int
     probe_id: int | None
-    url: str
+    url: str | None  # where the size was asked (None: on disk, or from the DANDI listing)
     size: int | None
     present: int  # bytes already on disk (finished file or resumable .part)
 
@@ -97,22 +98,32 @@ def planned_files(selection: dict) -> list[tuple[int, int | None]]:
 
 
 def make_plan(
-    selection: dict, source: sources.Source, cache_dir: str | Path, *, workers: int = 8
+    selection: dict,
+    mirror_list: mirrors.Mirrors,
+    cache_dir: str | Path,
+    *,
+    listing: dandi.Listing | None = None,
+    options: download.Options | None = None,
+    policy: rma.RetryPolicy | None = None,
+    workers: int = 8,
 ) -> Plan:
+    """Size every file of ``selection``: a file on disk by its size, one DANDI lists by the
+    listing (no request), else by asking the mirrors in order (HEAD, retried like a download:
+    a 503 with Retry-After is waited out, not fatal)."""
     cache_dir = Path(cache_dir)
+    options = options or download.Options()
 
     def one(item: tuple[int, int | None]) -> PlannedFile:
         session_id, probe_id = item
         rel = layout.nwb_path(session_id, probe_id)
         dest = cache_dir / rel
-        url = sources.nwb_url(source, session_id, probe_id)
-        if source.kind == "local":
-            src = Path(source.url) / rel
-            size = src.stat().st_size if src.exists() else None
-        elif dest.exists():
-            size = dest.stat().st_size  # adopted or finished: no request needed
+        asset = listing.find(session_id, probe_id) if listing is not None else None
+        if dest.exists():
+            url, size = None, dest.stat().st_size  # adopted or finished: no request needed
+        elif asset is not None:
+            url, size = None, asset.size
         else:
-            size = download.remote_size(url)
+            url, size = _remote_size(mirror_list, session_id, probe_id, options, policy)
         return PlannedFile(rel, session_id, probe_id, url, size, bytes_present(dest, size))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -121,6 +132,25 @@ def make_plan(
         except sources.SourceError as e:
             raise sources.SourceError(f"{e}. {stale_tables_fix(cache_dir)}") from None
     return Plan(str(cache_dir), files, shutil.disk_usage(existing_ancestor(cache_dir)).free)
+
+
+def _remote_size(mirror_list, session_id, probe_id, options, policy) -> tuple:
+    """(url, size) from the first mirror that answers; the last error if none does."""
+    error: Exception | None = None
+    for src in mirror_list.sources:
+        if src.kind == "dandi":
+            continue  # DANDI's sizes come from its listing
+        try:
+            url = sources.nwb_url(src, session_id, probe_id, policy=policy)
+            if src.kind == "local":
+                path = Path(src.url) / layout.nwb_path(session_id, probe_id)
+                return url, (path.stat().st_size if path.exists() else None)
+            return url, download.remote_size_retried(url, options=options)
+        except (download.DownloadError, rma.RmaError, sources.SourceError) as e:
+            error = e
+    if error is not None:
+        raise error
+    return None, None
 
 
 def stale_tables_fix(cache_dir: str | Path) -> str:
@@ -255,4 +285,9 @@ def plan_from_config(config: dict) -> tuple[dict, Plan]:
         )
     spec = selection.load_spec(config["selection"])
     chosen = selection.resolve(spec, tables).to_dict()
-    return chosen, make_plan(chosen, source, cache_dir)
+    mirror_list = mirrors.Mirrors.from_config(config)
+    listing = mirror_list.listing(cache_dir, policy=policy, keep=False)
+    options = download.Options.from_config(config["download"])
+    return chosen, make_plan(
+        chosen, mirror_list, cache_dir, listing=listing, options=options, policy=policy
+    )

@@ -1,9 +1,12 @@
-"""Where bytes come from: the Allen warehouse (RMA), the public S3 bucket over HTTPS, or a local
-AllenSDK cache directory (a workshop drive, the bucket mounted on a cloud machine).
+"""Where bytes come from: the Allen warehouse (RMA), the public S3 bucket over HTTPS, a local
+AllenSDK cache directory (a workshop drive, the bucket mounted on a cloud machine), or, for the NWB
+files only, the DANDI Archive (docs/dandi.md).
 
-All three give the same files under the same relative paths (AllenSDK's cache layout):
+The first three give the same files under the same relative paths (AllenSDK's cache layout):
 ``sessions.csv`` ... ``units.csv``, ``session_<sid>/session_<sid>.nwb`` and
-``session_<sid>/probe_<pid>_lfp.nwb``.
+``session_<sid>/probe_<pid>_lfp.nwb``. DANDI serves the NWB files as assets of dandisets 000021 and
+000022, found through its listing (``dandi.Listing``). Which of them a file is fetched from, in
+which order, is ``mirrors.py``'s decision; this module fetches from one.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from . import download, layout, lockfile, metadata, nwb, rma
+from . import dandi, download, layout, lockfile, metadata, nwb, rma
 
 S3_PREFIX = "visual-coding-neuropixels/ecephys-cache"
-KINDS = ("warehouse", "s3", "local")
+KINDS = ("warehouse", "s3", "local")  # sources of the metadata tables and the NWB files
+MIRROR_KINDS = (*KINDS, "dandi")  # the NWB files only: DANDI has no metadata tables
 
 
 class SourceError(RuntimeError):
@@ -30,6 +34,7 @@ class SourceError(RuntimeError):
 EXPECTED_ERRORS = (
     SourceError,
     rma.RmaError,
+    dandi.DandiError,
     metadata.MetadataError,
     download.DownloadError,
     lockfile.LockError,
@@ -43,23 +48,30 @@ class Source:
 
     @classmethod
     def from_config(cls, config: dict) -> Source:
-        """The config's ``source``. With ``source.url_file`` the base URL is read from that file
-        when the job starts: for a service whose port is chosen at run time (the offline demo's
-        stand-in writes it there), so the address never enters a rule's params."""
-        src = config["source"]
-        kind, url = src.get("kind", "warehouse"), src.get("url", "")
-        if kind not in KINDS:
-            raise SourceError(f"source.kind {kind!r} is not one of {', '.join(KINDS)}")
-        if src.get("url_file"):
-            url_path = Path(src["url_file"])
+        """The config's ``source``: where the metadata tables come from."""
+        return cls.from_entry(config["source"], what="source")
+
+    @classmethod
+    def from_entry(cls, entry: dict, *, what: str, kinds: tuple[str, ...] = KINDS) -> Source:
+        """A source from its config entry ({kind, url, url_file}). With ``url_file`` the base URL
+        is read from that file when the job starts: for a service whose port is chosen at run
+        time (the offline demo's stand-in writes it there), so the address never enters a
+        rule's params."""
+        kind, url = entry.get("kind", "warehouse"), entry.get("url", "")
+        if kind not in kinds:
+            raise SourceError(f"{what}.kind {kind!r} is not one of {', '.join(kinds)}")
+        if entry.get("url_file"):
+            url_path = Path(entry["url_file"])
             if not url_path.is_file() or not url_path.read_text().strip():
                 raise SourceError(
-                    f"source.url_file {url_path} is missing or empty: the service that writes "
+                    f"{what}.url_file {url_path} is missing or empty: the service that writes "
                     "its address there is not running (the demo's is started by the workflow's "
                     "onstart handler: run the whole workflow, not a single job with "
                     "--allowed-rules)"
                 )
             url = url_path.read_text().strip()
+        if not url:
+            raise SourceError(f"{what} ({kind}) has no url: set its url (or url_file)")
         return cls(kind=kind, url=url.rstrip("/"))
 
 
@@ -100,9 +112,15 @@ def nwb_url(
     probe_id: int | None = None,
     *,
     policy: rma.RetryPolicy | None = None,
+    asset: dandi.Asset | None = None,
 ) -> str:
-    """Where a session NWB (``probe_id=None``) or a probe's LFP NWB is fetched from."""
+    """Where a session NWB (``probe_id=None``) or a probe's LFP NWB is fetched from (``asset``:
+    the file as DANDI lists it, for the ``dandi`` kind)."""
     key = layout.nwb_path(session_id, probe_id)
+    if source.kind == "dandi":
+        if asset is None:
+            raise SourceError(f"{key} is not in the pinned DANDI versions' listing")
+        return asset.download_url(dandi.api_url(source.url))
     if source.kind == "s3":
         return s3_url(source.url, key)
     if source.kind == "local":
@@ -136,61 +154,40 @@ def _copy_local(src: Path, dest: Path, *, expected: dict | None, verify_hdf5: bo
     )
     if problems:
         aside = part.set_aside("mismatch")
-        raise download.ChecksumMismatchError(
+        err = download.ChecksumMismatchError(
             f"{src} was not copied to {dest}: {'; '.join(problems)}; the copy is at {aside}"
         )
+        err.aside = aside
+        raise err
     record = download.DownloadRecord(
         path=os.path.abspath(dest),
         size=digest.size,
         sha256=digest.sha256,
         url=src.resolve().as_uri(),
+        dandi_etag=digest.dandi_etag,
     )
     return part.place(record)
 
 
-def fetch_nwb(
+def fetch_one(
     source: Source,
     dest: str | Path,
     session_id: int,
     probe_id: int | None = None,
     *,
-    cache_dir: str | Path,
-    lock_file: str | Path | None = None,
+    expected: dict | None = None,
     options: download.Options | None = None,
-):
-    """Put one NWB file at ``dest``, verified and recorded; adopt it if it is already there.
-
-    ``options``: how to transfer (built once from the config's ``download`` section). With
-    ``lock_file`` the bytes must match that lock file's entry, whether downloaded now or already
-    present; a file that does not is set aside and the error (LockMismatchError) says so.
-    """
+    policy: rma.RetryPolicy | None = None,
+    asset: dandi.Asset | None = None,
+) -> download.DownloadRecord:
+    """Put one NWB file at ``dest`` from ``source``, verified and recorded; adopt it if it is
+    already there. ``expected``: what the bytes must be (a lock entry, or the digests DANDI
+    publishes); a file that is not is set aside (ChecksumMismatchError). Besides, the content
+    is checked: the file of this session (or probe), every dataset decoding (a same-size file of
+    another probe, or a corrupt compressed chunk, is refused like wrong bytes)."""
     dest = Path(dest)
     options = options or download.Options()
-    expected = None
-    rel = layout.nwb_path(session_id, probe_id)
-    if lock_file:
-        expected = lockfile.expected_for(dest, lockfile.read_lock(lock_file), cache_dir=cache_dir)
-        if expected is None:
-            raise lockfile.LockMismatchError(
-                f"{rel} is not in the lock file {lock_file}: "
-                "the selection asks for a file the pinned run did not have; remove lock_file "
-                "from the config to accept new files"
-            )
-    try:
-        return _fetch(source, dest, session_id, probe_id, expected, options)
-    except download.ChecksumMismatchError as e:
-        if expected is None:
-            raise
-        raise lockfile.LockMismatchError(
-            f"{rel} does not match the lock file {lock_file}: {e}\nIf the remote file really "
-            "changed, delete its entry from the lock file and re-run; otherwise re-run to "
-            "download it again."
-        ) from e
 
-
-def _fetch(source: Source, dest: Path, session_id, probe_id, expected, options):
-    # Is it the file of this session (or probe), and does it decode? A same-size file of
-    # another probe, or a corrupt compressed chunk, is refused like wrong bytes.
     def check(path: Path) -> str | None:
         return nwb.file_problem(path, session_id, probe_id)
 
@@ -200,5 +197,5 @@ def _fetch(source: Source, dest: Path, session_id, probe_id, expected, options):
         if dest.exists():
             return download.adopt_existing(dest, expected, verify_hdf5=hdf5, check=check)
         return _copy_local(src, dest, expected=expected, verify_hdf5=hdf5, check=check)
-    url = nwb_url(source, session_id, probe_id)
+    url = nwb_url(source, session_id, probe_id, policy=policy, asset=asset)
     return download.download_file(url, dest, expected=expected, options=options, check=check)

@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from ecephys_pipeline import download, layout, lockfile, stale, terminal
+from ecephys_pipeline import download, layout, lockfile, mirrors, stale, terminal
 from ecephys_pipeline.analysis import ANALYSIS_DATASETS
 from ecephys_pipeline.fake import demo
 
@@ -79,6 +79,11 @@ def selected_files():
         for p in s["probes"]
         if p["download_lfp"]
     ]
+
+
+def dandi_listings(wildcards=None):
+    """The pinned DANDI versions' listings the run verifies against (none if DANDI is unused)."""
+    return [str(p) for p in mirrors.listing_files(mirrors.dandi_versions(config), CACHE)]
 
 
 def download_records(wildcards):

@@ -7,6 +7,9 @@
 
 
 rule download_session_nwb:
+    input:
+        # the published digests the file is held to (none if DANDI is unused)
+        listings=dandi_listings(),
     output:
         record=update(f"{CACHE}/{layout.record_path(layout.SESSION_NWB)}"),
     log:

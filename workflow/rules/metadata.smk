@@ -15,6 +15,21 @@ rule fetch_metadata_table:
         "../scripts/fetch_metadata_table.py"
 
 
+rule dandi_listing:
+    output:
+        listing=f"{CACHE}/{layout.DANDI_LISTING}",
+    log:
+        "logs/metadata/dandi_{dandiset}_{version}.log",
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 1
+    resources:
+        mem_mb=512,
+        runtime=10,
+    script:
+        "../scripts/fetch_dandi_listing.py"
+
+
 rule cache_manifest:
     output:
         manifest=f"{CACHE}/{layout.CACHE_MANIFEST}",
@@ -32,4 +47,5 @@ rule cache_manifest:
 
 localrules:
     fetch_metadata_table,
+    dandi_listing,
     cache_manifest,

@@ -2,6 +2,7 @@ checkpoint select_sessions:
     input:
         tables=expand(f"{CACHE}/{layout.TABLE}", table=layout.TABLES),
         spec=config["selection"],
+        listings=dandi_listings(),
     output:
         selection="results/selection/selection.json",
         plan="results/selection/plan.json",
@@ -13,10 +14,8 @@ checkpoint select_sessions:
     resources:
         mem_mb=4096,
         runtime=10,
-    params:
-        # download.preflight and reserve_free_gb are read from the config by the script: they
-        # decide whether the run may start, not what it produces, so changing them reruns nothing
-        source=source_config(),
+    # download.preflight, reserve_free_gb and the mirrors are read from the config by the
+    # script: they decide whether the run may start, not what it produces: nothing reruns
     script:
         "../scripts/select_sessions.py"
 

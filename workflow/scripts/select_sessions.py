@@ -4,7 +4,7 @@ from pathlib import Path
 
 import requests
 
-from ecephys_pipeline import download, logs, metadata, plan, rma, selection, sources
+from ecephys_pipeline import dandi, download, logs, metadata, mirrors, plan, rma, selection, sources
 
 logs.to_file(snakemake.log[0])
 cache_dir = Path(snakemake.input.tables[0]).parent
@@ -32,8 +32,17 @@ logging.info(
 settings = snakemake.config["download"]  # not params: they decide whether, not what
 if settings["preflight"]:
     try:
-        source = sources.Source.from_config(snakemake.params.source)
-        the_plan = plan.make_plan(resolved, source, cache_dir)
+        config = snakemake.config  # mirrors decide where from, not what: no params
+        mirror_list = mirrors.Mirrors.from_config(config)
+        policy = rma.RetryPolicy.from_config(config)
+        the_plan = plan.make_plan(
+            resolved,
+            mirror_list,
+            cache_dir,
+            listing=mirror_list.listing(cache_dir, policy=policy),
+            options=download.Options.from_config(settings),
+            policy=policy,
+        )
         logging.info("plan:\n%s", the_plan.summary(resolved))
         plan.check_space(the_plan, reserve_bytes=int(settings["reserve_free_gb"] * 1e9))
     except (
@@ -42,6 +51,7 @@ if settings["preflight"]:
         download.DownloadError,
         plan.InsufficientSpaceError,
         metadata.MetadataError,
+        dandi.DandiError,
         requests.RequestException,
     ) as e:
         Path(snakemake.output.selection).unlink()  # no selection, no download

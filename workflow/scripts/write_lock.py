@@ -1,7 +1,7 @@
 import logging
 import sys
 
-from ecephys_pipeline import download, layout, lockfile, logs
+from ecephys_pipeline import download, layout, lockfile, logs, mirrors
 
 logs.to_file(snakemake.log[0])
 config = snakemake.config
@@ -16,7 +16,10 @@ try:
         if pinned is not None:
             expected = lockfile.expected_for(dest, pinned, cache_dir=config["cache_dir"])
         records.append(download.verified_file(path, expected=expected))
-    lockfile.write_lock(records, snakemake.output.lock, cache_dir=config["cache_dir"])
+    verified_against = mirrors.dandi_versions(config) if config["dandi"]["verify_digests"] else {}
+    lockfile.write_lock(
+        records, snakemake.output.lock, cache_dir=config["cache_dir"], dandi=verified_against
+    )
 except (download.DownloadError, lockfile.LockError) as e:
     sys.exit(f"error: {e}")
 logging.info(

@@ -31,7 +31,7 @@ stream or parallel ranges), ``engine`` (``download_file``, ``adopt_existing``), 
 """
 
 from .digests import sha256_file
-from .engine import adopt_existing, download_file, verified_file
+from .engine import adopt_existing, download_file, remote_size_retried, verified_file
 from .errors import ChecksumMismatchError, DownloadError
 from .http import remote_info, remote_size
 from .options import Options
@@ -52,6 +52,7 @@ __all__ = [
     "record_path",
     "remote_info",
     "remote_size",
+    "remote_size_retried",
     "resumable_bytes",
     "sha256_file",
     "verified_file",

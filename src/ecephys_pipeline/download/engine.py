@@ -91,7 +91,7 @@ def _present(
 ) -> DownloadRecord | None:
     """``dest`` exists: return its record if it is the right file, else set it aside (None)."""
     rec = fresh_record(dest)
-    if rec is not None and not mismatches(rec.size, rec.sha256, exp):
+    if rec is not None and not mismatches(rec.size, rec.sha256, exp, rec.dandi_etag):
         log.info("%s: already downloaded (record matches size and mtime; not re-hashed)", dest)
         PartState(dest).discard()
         return rec
@@ -167,6 +167,38 @@ def _download(
     raise _final_error(url, state, policy)
 
 
+def remote_size_retried(
+    url: str,
+    *,
+    options: Options = Options(),  # noqa: B008 - frozen, so one shared default is safe
+    session: requests.Session | None = None,
+) -> int | None:
+    """The size of ``url`` (HEAD, else a one-byte GET; None if the server will not say), asked
+    like a download: resets, timeouts, 408/429/5xx retried with backoff and ``Retry-After``,
+    bounded by ``options.max_attempts``; the final DownloadError lists every attempt."""
+    policy = RetryPolicy(
+        max_attempts=options.max_attempts,
+        backoff_base_s=options.backoff_base_s,
+        backoff_max_s=options.backoff_max_s,
+    )
+    while True:
+        try:
+            return remote_info(url, session, timeout=options.timeout).size
+        except DownloadError as e:
+            fail = getattr(e, "failure", None) or AttemptFailed(str(e), fatal=True)
+        except NETWORK_ERRORS as e:
+            fail = AttemptFailed(f"{type(e).__name__}: {short_exc(e)}")
+        delay = policy.after(fail, 0, None)
+        if delay is None:
+            n = len(policy.history)
+            raise DownloadError(
+                f"cannot get the size of {url} ({n} attempt{'s' if n != 1 else ''}):\n  "
+                + "\n  ".join(h.split("; .part has")[0] for h in policy.history)
+            )
+        log.warning("size of %s: %s; retrying in %.1f s", url, fail.reason, delay)
+        time.sleep(delay)
+
+
 def _report_done(t: Transfer, rec: DownloadRecord, dt: float) -> None:
     if t.prog is not None and not t.prog.to_logger:
         t.prog.update(rec.size)
@@ -190,12 +222,14 @@ def _final_error(url: str, state: PartState, policy: RetryPolicy) -> DownloadErr
         else f"Nothing was written to {dest}."
     )
     cls = ChecksumMismatchError if policy.wrong_bytes else DownloadError
-    return cls(
+    err = cls(
         f"could not download {dest.name} to {dest} from {url} "
         f"({len(history)} attempt{'s' if len(history) != 1 else ''}):\n  "
         + "\n  ".join(history)
         + f"\n{part_note}"
     )
+    err.aside = policy.last.aside if policy.last is not None else None
+    return err
 
 
 def adopt_existing(
@@ -217,7 +251,7 @@ def adopt_existing(
     prog = Progress(dest.name, dest.stat().st_size, progress or log, what="hashed")
     digest = Digester.of_file(dest, progress=prog.update)
     n, sha = digest.size, digest.sha256
-    problems = mismatches(n, sha, exp)
+    problems = mismatches(n, sha, exp, digest.dandi_etag)
     remote: dict[str, Any] = {}
     if url is not None and not problems:
         remote, problem = _ask_remote(url, session, dest, n, exp)
@@ -226,10 +260,12 @@ def adopt_existing(
         problems = verify(dest, digest, {}, verify_hdf5=verify_hdf5, check=check)
     if problems:
         aside = set_aside(dest, sha, "mismatch")
-        raise ChecksumMismatchError(
+        err = ChecksumMismatchError(
             f"existing file {dest} was not adopted: {'; '.join(problems)}. "
             f"It was moved to {aside}; re-run to download it again."
         )
+        err.aside = aside
+        raise err
     rec = DownloadRecord(
         path=str(Path(os.path.abspath(dest))),
         size=n,
@@ -237,6 +273,7 @@ def adopt_existing(
         url=url if url is not None else exp.get("url"),
         etag=remote.get("etag") if remote.get("etag") is not None else exp.get("etag"),
         last_modified=remote.get("last_modified"),
+        dandi_etag=digest.dandi_etag,
     )
     write_record(dest, rec)
     log.info("adopted existing %s (%s, sha256 %s)", dest, fmt_bytes(n), sha[:12])
@@ -282,7 +319,7 @@ def verified_file(record_file: str | os.PathLike, *, expected: Any = None) -> Do
                 f"{rec.sha256}); it was moved to {aside}: rerun to download it again"
             )
         write_record(dest, rec)  # the same bytes, touched: trust the new mtime
-    problems = mismatches(rec.size, rec.sha256, expected_fields(expected))
+    problems = mismatches(rec.size, rec.sha256, expected_fields(expected), rec.dandi_etag)
     if problems:
         aside = set_aside(dest, rec.sha256, "mismatch")
         raise ChecksumMismatchError(

@@ -8,4 +8,7 @@ class DownloadError(RuntimeError):
 
 
 class ChecksumMismatchError(DownloadError):
-    """The bytes are not the expected ones (size or sha256)."""
+    """The bytes are not the expected ones (size, sha256 or dandi-etag). ``aside``: where the
+    refused copy was moved (None if none was kept)."""
+
+    aside = None

@@ -1,7 +1,11 @@
 """The record of a verified file, ``<file>.download.json``, and what a file is expected to be.
 
-A record ({path, size, sha256, url, etag, last_modified, mtime_ns}) says which bytes were verified.
-``mtime_ns`` lets a rerun trust the file without hashing it again (size and mtime unchanged).
+A record ({path, size, sha256, dandi_etag, url, etag, last_modified, mirror, published, mtime_ns})
+says which bytes were verified: their two digests (sha256 and the DANDI Archive's etag, computed in
+the same pass), where they came from (``url``; ``mirror``: which of the config's mirrors delivered
+them) and, in ``published``, the DANDI version whose published digest they matched (None: verified
+by size, content and lock only). ``mtime_ns`` lets a rerun trust the file without hashing it again
+(size and mtime unchanged).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ class DownloadRecord:
     url: str | None
     etag: str | None = None
     last_modified: str | None = None
+    dandi_etag: str | None = None
+    mirror: str | None = None
+    published: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,6 +45,9 @@ class DownloadRecord:
             url=d.get("url"),
             etag=d.get("etag"),
             last_modified=d.get("last_modified"),
+            dandi_etag=d.get("dandi_etag"),
+            mirror=d.get("mirror"),
+            published=d.get("published"),
         )
 
 
@@ -92,9 +102,14 @@ def changed_since_verified(dest: str | os.PathLike) -> bool:
     return record_path(dest).exists() and fresh_record(dest) is None
 
 
+EXPECTED_KEYS = ("size", "sha256", "dandi_etag", "etag", "url", "publisher")
+
+
 def expected_fields(expected: Any) -> dict[str, Any]:
-    """The size/sha256/etag/url a file must have, from a DownloadRecord or a lock entry."""
+    """What a file must be, from a DownloadRecord, a lock entry or a published digest: its size,
+    sha256 and dandi-etag (checked), the server's etag and url (to resume only the same remote
+    file), and ``publisher`` (who published the digests, named in a refusal)."""
     if expected is None:
         return {}
     d = expected.to_dict() if hasattr(expected, "to_dict") else dict(expected)
-    return {k: d.get(k) for k in ("size", "sha256", "etag", "url") if d.get(k) is not None}
+    return {k: d.get(k) for k in EXPECTED_KEYS if d.get(k) is not None}

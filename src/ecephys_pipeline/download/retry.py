@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 MAX_VERIFY_FAILURES = 3  # whole-file restarts after a failed verification (bad sha, not HDF5, ...)
 
@@ -29,8 +30,10 @@ class AttemptFailed(Exception):
         verify: bool = False,
         bad_bytes: bool = False,
         refused: bool = False,
+        aside: Path | None = None,
     ):
         super().__init__(reason)
+        self.aside = aside  # where the refused copy was moved
         self.reason, self.retry_after, self.fatal = reason, retry_after, fatal
         self.verify = verify or bad_bytes  # counts toward MAX_VERIFY_FAILURES
         self.bad_bytes = bad_bytes or refused  # the bytes (or their announced size) were wrong

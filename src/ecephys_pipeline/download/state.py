@@ -114,13 +114,20 @@ def hdf5_problem(path: Path) -> str | None:
         return f"is not a readable HDF5 file (h5py: {e}); it is probably truncated or corrupt"
 
 
-def mismatches(size: int, sha: str, exp: Mapping[str, Any]) -> list[str]:
-    """What differs from the expected size and sha256 (empty if nothing, or nothing expected)."""
+def mismatches(
+    size: int, sha: str, exp: Mapping[str, Any], dandi_etag: str | None = None
+) -> list[str]:
+    """What differs from the expected size, sha256 and dandi-etag (empty if nothing, or nothing
+    expected; a dandi-etag is compared only when both sides have one). A published digest is
+    named with its publisher (``exp["publisher"]``)."""
+    by = f" ({exp['publisher']})" if exp.get("publisher") else ""
     out = []
     if exp.get("size") is not None and exp["size"] != size:
-        out.append(f"size {size} bytes, expected {exp['size']}")
+        out.append(f"size {size} bytes, expected {exp['size']}{by}")
     if exp.get("sha256") and exp["sha256"] != sha:
-        out.append(f"sha256 {sha}, expected {exp['sha256']}")
+        out.append(f"sha256 {sha}, expected {exp['sha256']}{by}")
+    if exp.get("dandi_etag") and dandi_etag and exp["dandi_etag"] != dandi_etag:
+        out.append(f"dandi-etag {dandi_etag}, expected {exp['dandi_etag']}{by}")
     return out
 
 
@@ -142,7 +149,7 @@ def verify(
     problems = []
     if announced is not None and digest.size != announced:
         problems.append(f"{digest.size} bytes on disk but the server announced {announced}")
-    problems += mismatches(digest.size, digest.sha256, exp)
+    problems += mismatches(digest.size, digest.sha256, exp, digest.dandi_etag)
     if not problems and verify_hdf5:
         p = (check or hdf5_problem)(path)
         if p:

@@ -42,7 +42,7 @@ from .options import Options
 from .progress import Progress, fmt_bytes
 from .record import DownloadRecord
 from .retry import AttemptFailed, RangesUnsupported
-from .state import PartState, verify, write_refusal
+from .state import PartState, mismatches, verify, write_refusal
 
 log = logging.getLogger(__name__)
 
@@ -309,17 +309,23 @@ class Transfer:
             check=self.check,
         )
         if problems:
-            why = "mismatch" if any("sha256" in p or "size" in p for p in problems) else "invalid"
+            digests = ("sha256", "size", "dandi-etag")
+            why = "mismatch" if any(d in p for p in problems for d in digests) else "invalid"
             # The whole file arrived, of the expected size, and hashes to something else. Once
             # may be a transient corruption (asked again); the same wrong bytes twice mean the
             # server serves other bytes than the expected ones: final, and remembered beside
-            # the set-aside copy so that a later try or run does not fetch them again.
+            # the set-aside copy so that a later try or run does not fetch them again. Against
+            # a published digest once is final: the next mirror is a better bet than this one.
             wrong = (
                 self.exp.get("sha256") is not None
                 and digest.size == self.exp.get("size", digest.size)
                 and digest.sha256 != self.exp["sha256"]
             )
-            refused = wrong and digest.sha256 in self.wrong_digests
+            differs = bool(mismatches(digest.size, digest.sha256, self.exp, digest.dandi_etag))
+            complete = digest.size == meta.get("size", digest.size)  # all that was announced
+            refused = (wrong and digest.sha256 in self.wrong_digests) or (
+                differs and complete and bool(self.exp.get("publisher"))
+            )
             if wrong:
                 self.wrong_digests.add(digest.sha256)
             aside = st.set_aside(why)
@@ -329,6 +335,7 @@ class Transfer:
                 "verification failed: " + "; ".join(problems) + f" (bad copy moved to {aside})",
                 bad_bytes=True,
                 refused=refused,
+                aside=aside,
             )
         rec = DownloadRecord(
             path=str(Path(os.path.abspath(st.dest))),
@@ -337,6 +344,7 @@ class Transfer:
             url=self.url,
             etag=meta.get("etag"),
             last_modified=meta.get("last_modified"),
+            dandi_etag=digest.dandi_etag,
         )
         return st.place(rec)
 
