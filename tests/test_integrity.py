@@ -35,8 +35,15 @@ def fake(dataset):
 
 
 def configure(workdir: Path, fake: FakeWarehouse, **changes) -> list[str]:
-    """The demo's config against this module's server (demo off), with ``changes``."""
-    server = {"source": {"kind": "warehouse", "url": fake.url}, "demo": {"enabled": False}}
+    """The demo's config against this module's server (demo off), with ``changes``: the
+    warehouse alone, verified by size, content and lock (the lock's promises are the subject
+    here; DANDI's published digests are test_mirrors.py's)."""
+    server = {
+        "source": {"kind": "warehouse", "url": fake.url},
+        "mirrors": None,
+        "dandi": {"verify_digests": False},
+        "demo": {"enabled": False},
+    }
     return helpers.write_config(workdir, **server, **changes)
 
 

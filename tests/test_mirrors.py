@@ -190,3 +190,28 @@ def test_the_preflight_survives_503_with_retry_after(fw, dataset, tmp_path):
     statuses = [r["status"] for r in fw.requests if "well_known_file_download" in r["path"]]
     assert statuses.count(503) == 4 and statuses[-1] in (200, 206), statuses
     assert waited >= 2, "the Retry-After of each refused try was honoured"
+
+
+def test_a_pinned_run_verifies_against_the_lock_files_dandi_versions(tmp_path):
+    from ecephys_pipeline import lockfile
+
+    cache = tmp_path / "cache"
+    lock = lockfile.write_lock(
+        [], tmp_path / "lock.json", cache_dir=cache, dandi={"000021": "0.251116.2246"}
+    )
+    assert lockfile.read_lock(lock)["dandi"] == {"000021": "0.251116.2246"}
+    other = mirrors.Mirrors(
+        (Source("s3", "http://127.0.0.1:9"),),
+        "http://127.0.0.1:9",
+        {"000021": "0.260101.0000"},
+        True,
+    )
+    with pytest.raises(lockfile.LockError) as e:
+        mirrors.fetch_nwb(
+            other, cache / "session_1/session_1.nwb", 1, cache_dir=cache, lock_file=lock
+        )
+    assert str(e.value) == (
+        f"the lock file {lock} was verified against other DANDI versions (000021: lock "
+        "0.251116.2246, config 0.260101.0000): set dandi.versions to the lock's, or remove "
+        "lock_file from the config"
+    )

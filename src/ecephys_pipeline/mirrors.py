@@ -193,9 +193,8 @@ def _pinned(dest: Path, rel: str, lock_file, cache_dir, mirrors: Mirrors) -> dic
     if not lock_file:
         return None
     lock = lockfile.read_lock(lock_file)
-    lockfile.check_dandi_versions(
-        lock, mirrors.versions if mirrors.verify else {}, lock_file=lock_file
-    )
+    if mirrors.verify:  # the digests the lock's files were verified against, again
+        lockfile.check_dandi_versions(lock, mirrors.versions, lock_file=lock_file)
     entry = lockfile.expected_for(dest, lock, cache_dir=cache_dir)
     if entry is None:
         raise lockfile.LockMismatchError(

@@ -173,6 +173,26 @@ class ProgressWatcher:
 # ------------------------------------------------------------------------------ summary
 
 
+def _provenance_lines(lock: dict) -> list[str]:
+    """Which mirrors delivered the files, and how many matched DANDI's published digests."""
+    entries = list(lock["files"].values())
+    mirrors: dict[str, int] = {}
+    for e in entries:
+        name = e.get("mirror") or "cache"
+        mirrors[name] = mirrors.get(name, 0) + 1
+    out = []
+    if any(e.get("mirror") for e in entries):
+        out.append("  from: " + ", ".join(f"{k} {n}" for k, n in sorted(mirrors.items())))
+    if lock.get("dandi"):
+        held = sum(bool(e.get("published")) for e in entries)
+        versions = ", ".join(f"{d}/{v}" for d, v in sorted(lock["dandi"].items()))
+        out.append(
+            f"  matching DANDI's published sha256 and dandi-etag: {held} of {len(entries)} "
+            f"({versions})"
+        )
+    return out
+
+
 def _rows(root: Path) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(root.rglob("*.parquet")))
 
@@ -210,6 +230,7 @@ def run_summary(
         f"  units: {units:,}; spikes: {spikes:,}",
         f"  files downloaded or adopted, each verified (size, sha256): {len(lock['files'])}, "
         f"{_gb(total)} ({total:,} bytes) -> {lock_json}",
+        *_provenance_lines(lock),
         f"  Parquet: {root}/{{{','.join(sorted(p.name for p in root.iterdir() if p.is_dir()))}}}"
         if root.is_dir()
         else f"  Parquet: {root}",

@@ -83,7 +83,9 @@ def selected_files():
 
 def dandi_listings(wildcards=None):
     """The pinned DANDI versions' listings the run verifies against (none if DANDI is unused)."""
-    return [str(p) for p in mirrors.listing_files(mirrors.dandi_versions(config), CACHE)]
+    return [
+        str(p) for p in mirrors.listing_files(mirrors.dandi_versions(config), CACHE)
+    ]
 
 
 def download_records(wildcards):

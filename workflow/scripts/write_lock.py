@@ -23,8 +23,11 @@ try:
 except (download.DownloadError, lockfile.LockError) as e:
     sys.exit(f"error: {e}")
 logging.info(
-    "lock file %s: %d files, %d bytes, each verified (size, sha256)",
+    "lock file %s: %d files, %d bytes, each verified (size, sha256; DANDI: %s)",
     snakemake.output.lock,
     len(records),
     sum(r.size for r in records),
+    f"{sum(bool(r.published) for r in records)} matching the published digests"
+    if verified_against
+    else "not used",
 )
