@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from ecephys_pipeline import synth
+from ecephys_pipeline.download.digests import Digester
 from ecephys_pipeline.fake import FakeWarehouse
 
 ORACLE_SCRIPT = Path(__file__).parent / "oracle" / "dandi_oracle.py"
@@ -200,6 +201,9 @@ def test_the_client_downloads_with_its_digest_check_passing(judged):
         assert d["sha256"] == hashlib.sha256(data).hexdigest()
         assert d["dandi_etag"] == etag_by_definition(data)
         assert d["dandi_etag"] == judged["truth"][path][1]["metadata"]["digest"]["dandi:dandi-etag"]
+        # and the pipeline's own hasher (download/digests.py), the one every download uses
+        ours = Digester.of_file(got)
+        assert (ours.sha256, ours.dandi_etag) == (d["sha256"], d["dandi_etag"])
     assert judged["downloads"]["big"]["dandi_etag"].endswith("-2")
     assert judged["downloads"]["session"]["dandi_etag"].endswith("-1")
 
