@@ -3,7 +3,7 @@
 own writer").
 
 One module fixture runs ``tests/oracle/allensdk_writer.py`` in AllenSDK's interpreter (a small
-deterministic session: 2 probes, 21 units, 60 s, four stimuli, LFP and CSD on one probe, two
+deterministic session: 2 probes, 21 units, 60 s, five stimuli, LFP and CSD on one probe, two
 invalid epochs), then our extraction, analysis and LFP conversion on what it wrote, then ONE
 oracle subprocess (``tests/oracle/allensdk_oracle.py``: ``nwb`` and ``analysis`` sections) on the
 same files. The tests compare with the same functions as tests/test_allensdk_oracle.py
@@ -122,6 +122,7 @@ def test_the_files_are_allensdk_writers(written):
         assert "probe_channel_number" in f["general/extracellular_ephys/electrodes"]
         assert "local_index" not in f["general/extracellular_ephys/electrodes"]
         assert f["general/extracellular_ephys/probeB"].attrs["has_lfp_data"] is np.False_
+        assert f["units/waveform_mean"].dtype == np.float32
     assert sorted(written["lfp_files"]) == ["790000101"]
 
 
@@ -136,8 +137,8 @@ def test_download_verification_accepts_the_files_and_tells_them_apart(written):
 
 
 def test_units_and_spikes_are_what_the_writer_was_given(written):
-    """Every unit of the input, with its spikes; the spikes of clusters that are not units
-    (Kilosort output holds them) are dropped."""
+    """Every unit of the input, with its spikes at t >= 0; the spikes of clusters that are not
+    units (Kilosort output holds them) are dropped."""
     units = read_ours(written, "units")
     spikes = read_ours(written, "spikes")
     truth = written["truth"]["units"]
@@ -222,7 +223,7 @@ def test_analysis_tables_equal_allensdk(written):
     sid = written["sid"]
     got = section(written, "analysis")[str(sid)]
     assert sorted(got["stimuli"]) == [
-        "drifting_gratings", "flashes", "spontaneous", "static_gratings",
+        "drifting_gratings", "flashes", "natural_scenes", "spontaneous", "static_gratings",
     ]  # fmt: skip
     problems = []
     for name in got["stimuli"]:

@@ -16,9 +16,11 @@ speed ``.h5``, invalid epochs and session metadata — writes the input JSON its
     OUT_DIR/truth.json                     what was put in (ids, counts) for the tests
 
 The session is small on purpose: 2 probes × 384 channels, 21 units, 60 s, spontaneous, flashes
-(bin windows reaching into the next flash), drifting gratings (with blank sweeps), static
-gratings (a phase column mixing strings and NaN), presentations without a spike, a unit whose
-spikes fall in no presentation, 8 LFP channels at 1250 Hz on probeA, and two invalid epochs.
+(bin windows reaching into the next flash), drifting gratings (with blank sweeps), natural
+scenes (blank frame -1), static gratings (a phase column mixing strings and NaN), presentations
+without a spike, a unit whose spikes fall in no presentation, a noise unit, units peaking on an
+invalid and an out-of-brain channel, spikes before time 0, float32 mean waveforms, 8 LFP
+channels at 1250 Hz on probeA (CSD too; probeB has no LFP), and two invalid epochs.
 
 AllenSDK 2.16.2's VCN writer cannot run as released outside the Allen Institute; three of its
 calls are replaced here, each with the smallest stand-in (nothing else is touched):
@@ -70,7 +72,8 @@ def channel_rows(probe: dict, k: int, rng: np.random.Generator) -> list[dict]:
         ccf = [float(rng.uniform(6000, 9000)) for _ in range(3)] if in_brain and k == 0 else None
         rows.append(
             {
-                "id": 850000000 + k * 1000 + ch,
+                # channel ids are not in channel order (a reader must look them up)
+                "id": 850000000 + k * 1000 + (ch * 149) % N_CHANNELS,
                 "probe_id": probe["id"],
                 "valid_data": ch not in (191, 37),  # a reference channel and a bad one
                 "probe_channel_number": ch,
@@ -107,6 +110,12 @@ def stimulus_table() -> pd.DataFrame:
                      "stimulus_block": 2.0, "stimulus_index": 2.0,
                      "size": "[250.0, 250.0]"})  # fmt: skip
         t += 3.0
+    t = 39.2
+    for i in range(7):  # back to back 0.25 s images; frame -1 is the blank
+        rows.append({"stimulus_name": "natural_scenes", "Start": t, "End": t + 0.25,
+                     "frame": [5.0, -1.0, 17.0, 5.0, 117.0, -1.0, 17.0][i],
+                     "stimulus_block": 2.5, "stimulus_index": 4.0})  # fmt: skip
+        t = round(t + 0.25, 6)
     t = 41.0
     for i in range(24):  # back to back 0.25 s static gratings; phase as text, NaN for blanks
         blank = i % 8 == 5
@@ -145,6 +154,8 @@ def spikes_for(n_units: int, stim: pd.DataFrame, rng: np.random.Generator):
         for _, p in quiet.iterrows():
             t = t[(t < p["Start"] - 0.1) | (t >= p["End"] + 0.36)]
         out.append(np.sort(t))
+    # Kilosort times before the session clock's zero (the writer drops t < 0)
+    out[0] = np.concatenate([out[0], [-0.25, -0.125]])
     return out
 
 
@@ -181,7 +192,8 @@ def main(out: Path) -> int:
         spike_templates = clusters.copy()
         amplitudes = rng.uniform(5, 40, times.size)
         whitening = np.eye(N_CHANNELS) * rng.uniform(0.5, 2.0, N_CHANNELS)
-        waveforms = rng.normal(0, 10, (n_clusters, N_CHANNELS, N_SAMPLES_WF))
+        # float32, as ecephys_spike_sorting writes them (the synthetic files hold float64)
+        waveforms = rng.normal(0, 10, (n_clusters, N_CHANNELS, N_SAMPLES_WF)).astype(np.float32)
         files = {
             "spike_times_path": ("spike_times.npy", times[:, None]),  # Kilosort's (n, 1)
             "spike_clusters_file": ("spike_clusters.npy", clusters.astype(np.int32)),
@@ -196,11 +208,12 @@ def main(out: Path) -> int:
             np.save(d / name, arr)
             paths[key] = str(d / name)
         units = []
+        id_order = rng.permutation(n)
         for u, c in enumerate(cluster_ids):
             # unit 3 peaks on an invalid channel, unit 6 outside the brain (both fail AllenSDK's
             # default filters whatever their metrics)
             peak = {3: 37, 6: 350}.get(u, int(rng.integers(40, 320)))
-            uid = 950000000 + k * 1000 + u * 7
+            uid = 950000000 + k * 1000 + int(id_order[u]) * 7  # ids not in record order
             nan_metrics = u == 2  # a unit without principal-component metrics
             units.append({
                 "id": uid, "peak_channel_id": channels[peak]["id"], "local_index": u,
@@ -218,7 +231,8 @@ def main(out: Path) -> int:
                     "PT_ratio", "repolarization_slope", "recovery_slope", "amplitude", "spread")},
                 "velocity_above": None, "velocity_below": float(rng.uniform(-1, 1)),
             })  # fmt: skip
-            truth["units"][str(uid)] = {"spikes": int(len(spike_lists[u])), "probe": p["id"]}
+            kept = int((spike_lists[u] >= 0).sum())
+            truth["units"][str(uid)] = {"spikes": kept, "probe": p["id"]}
         probe = {
             "id": p["id"], "name": p["name"], **paths, "channels": channels, "units": units,
             "sampling_rate": 29999.9512, "lfp_sampling_rate": LFP_RATE,
