@@ -7,8 +7,8 @@ Builds, from a fixed seed, the intermediate products AllenSDK's writer
 (``allensdk.brain_observatory.ecephys.write_nwb``) reads — a stimulus table CSV, per probe the
 Kilosort ``.npy`` files (spike times, clusters, amplitudes, templates, inverse whitening matrix),
 mean waveforms, the LFP (raw int16 file, timestamps, channel list), a CSD ``.h5``, the running
-speed ``.h5``, invalid epochs and session metadata — writes the input JSON its
-``VCNInputSchema`` validates, and runs the module's ``main()`` on it. Output:
+speed ``.h5``, an optotagging table, invalid epochs and session metadata — writes the input
+JSON its ``VCNInputSchema`` validates, and runs the module's ``main()`` on it. Output:
 
     OUT_DIR/inputs/...                     the generated inputs and input.json
     OUT_DIR/session_<sid>.nwb              the session file
@@ -20,7 +20,8 @@ The session is small on purpose: 2 probes × 384 channels, 21 units, 60 s, spont
 scenes (blank frame -1), static gratings (a phase column mixing strings and NaN), presentations
 without a spike, a unit whose spikes fall in no presentation, a noise unit, units peaking on an
 invalid and an out-of-brain channel, spikes before time 0, float32 mean waveforms, 8 LFP
-channels at 1250 Hz on probeA (CSD too; probeB has no LFP), and two invalid epochs.
+channels at 1250 Hz on probeA (CSD too; probeB has no LFP), optotagging pulses and two
+invalid epochs.
 
 AllenSDK 2.16.2's VCN writer cannot run as released outside the Allen Institute; three of its
 calls are replaced here, each with the smallest stand-in (nothing else is touched):
@@ -274,6 +275,13 @@ def main(out: Path) -> int:
     running_path = inputs / "running_speed.h5"
     running.to_hdf(running_path, key="running_speed")
     raw.to_hdf(running_path, key="raw_data")
+    # optotagging (Cre sessions): pulses after the last presentation
+    opto_start = 58.6 + 0.2 * np.arange(5)
+    opto = pd.DataFrame({"start_time": opto_start, "stop_time": opto_start + 0.01,
+                         "condition": "a single square pulse", "level": [0.5, 1.0, 1.5, 0.5, 1.0],
+                         "stimulus_name": "pulse", "duration": 0.01})  # fmt: skip
+    opto_path = inputs / "optotagging.csv"
+    opto.to_csv(opto_path, index=False)
     sync = inputs / "session.sync"  # required and must be readable; read only for eye tracking
     sync.write_bytes(b"")
 
@@ -301,6 +309,7 @@ def main(out: Path) -> int:
         ],  # fmt: skip
         "probes": probes,
         "running_speed_path": str(running_path),
+        "optotagging_table_path": str(opto_path),
         "session_sync_path": str(sync),
         "pool_size": 1,
         "session_metadata": {
