@@ -342,8 +342,9 @@ class Transfer:
 
 
 class _Writer:
-    """Writes and hashes chunks, in order, in a helper thread; at most ``_PIPELINE_DEPTH``
-    chunks wait. After a write error it keeps draining, so the receiver never blocks."""
+    """Writes and hashes chunks, in order, in a helper thread (the dandi-etag's md5 in one more:
+    :meth:`Digester.in_two_threads`); at most ``_PIPELINE_DEPTH`` chunks wait. After a write
+    error it keeps draining, so the receiver never blocks."""
 
     def __init__(self, path: Path, digest: Digester, name: str):
         self.path, self.digest = path, digest
@@ -363,7 +364,7 @@ class _Writer:
 
     def _run(self) -> None:
         try:
-            with open(self.path, "ab", buffering=0) as f:
+            with open(self.path, "ab", buffering=0) as f, self.digest.in_two_threads():
                 self._write_until_end(f)
         except BaseException as e:  # noqa: BLE001 - reported by the receiver
             self.error = self.error or e
