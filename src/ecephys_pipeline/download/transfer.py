@@ -43,6 +43,7 @@ from .progress import Progress, fmt_bytes
 from .record import DownloadRecord
 from .retry import AttemptFailed, RangesUnsupported
 from .state import PartState, verify, write_refusal
+from .writeback import Writeback
 
 log = logging.getLogger(__name__)
 
@@ -343,8 +344,9 @@ class Transfer:
 
 class _Writer:
     """Writes and hashes chunks, in order, in a helper thread (the dandi-etag's md5 in one more:
-    :meth:`Digester.in_two_threads`); at most ``_PIPELINE_DEPTH`` chunks wait. After a write
-    error it keeps draining, so the receiver never blocks."""
+    :meth:`Digester.in_two_threads`), starting their write-out to disk as it goes; at most
+    ``_PIPELINE_DEPTH`` chunks wait. After a write error it keeps draining, so the receiver
+    never blocks."""
 
     def __init__(self, path: Path, digest: Digester, name: str):
         self.path, self.digest = path, digest
@@ -372,6 +374,8 @@ class _Writer:
                 self._ended = self.q.get() is None
 
     def _write_until_end(self, f) -> None:
+        end = os.fstat(f.fileno()).st_size  # appending from here
+        writeback = Writeback(f.fileno(), end)
         while (chunk := self.q.get()) is not None:
             if self.error:
                 continue  # drain, so the receiver never blocks on a full queue
@@ -381,6 +385,8 @@ class _Writer:
                     view = view[f.write(view) :]
                 self.digest.update(chunk)
                 self.written += len(chunk)
+                end += len(chunk)
+                writeback.wrote_up_to(end)
             except BaseException as e:  # noqa: BLE001 - reported by the receiver
                 self.error = e
         self._ended = True
