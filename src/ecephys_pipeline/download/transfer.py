@@ -283,8 +283,10 @@ class Transfer:
                 raise RangesUnsupported("the server does not answer Range requests with 206")
             self.check_remote_identity(info.size, info.etag)
             ranges.prepare(st, self.url, info, self.connections)
-        st.digest = None  # bytes land out of order: hash the whole file once at the end
-        run = ranges.ParallelRun(st, self.open_range, self.progress(st.total, st.kept()))
+        # the pieces are taken in file order; the run hashes the prefix as it fills (st.digest)
+        run = ranges.ParallelRun(
+            st, self.open_range, self.progress(st.total, st.kept()), self.connections
+        )
         run.fetch_all()
         self.fetched += run.fetched
         run.raise_failure()
