@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -139,6 +140,12 @@ def run_ours(url: str, dest: Path, expect: Digester, connections: int = 1) -> No
         sys.exit(f"download_file recorded dandi-etag {etag}, expected {expect.dandi_etag}")
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its waited-for children (curl) so far."""
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -176,14 +183,23 @@ def main() -> int:
         print(f"  {what:<58} {secs:7.2f} s {mbps:8.1f} MB/s", flush=True)
         return mbps
 
+    cpus: dict = {}  # CPU seconds of every run (this process + curl; not nginx's)
+
     def interleaved(runs: dict) -> dict[str, list[float]]:
         times: dict[str, list[float]] = {k: [] for k in runs}
         for i in range(args.repeat):  # interleaved, so load changes hit every variant alike
             for k, fn in runs.items():
                 drop_cache_copy(dest)
+                cpu0 = cpu_seconds()
                 times[k].append(timed(fn))
+                cpu = cpu_seconds() - cpu0
+                cpus.setdefault(k, []).append(cpu)
                 assert dest.stat().st_size == size
-                print(f"    run {i + 1} {k}: {times[k][-1]:.2f} s (load {loadavg()})", flush=True)
+                print(
+                    f"    run {i + 1} {k}: {times[k][-1]:.2f} s, CPU {cpu:.2f} s "
+                    f"(load {loadavg()})",
+                    flush=True,
+                )
         drop_cache_copy(dest)
         return times
 
@@ -236,7 +252,8 @@ def main() -> int:
         if n != 1:
             print(
                 f"(b) {n} connections / 1 connection = {v / b[1]:.2f} (ideal {n}; "
-                f"{v / b[1] / n:.2f} of ideal, target >= 0.9)"
+                f"{v / b[1] / n:.2f} of ideal, target >= 0.9); "
+                f"{v / (n * args.cap_mbps):.2f} of n x the cap"
             )
     print(
         f"all runs, seconds: {json.dumps({k: [round(x, 2) for x in v] for k, v in times.items()})}"
