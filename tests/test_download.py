@@ -40,6 +40,7 @@ from ecephys_pipeline.download import progress as dl_progress
 from ecephys_pipeline.download import ranges as dl_ranges
 from ecephys_pipeline.download import retry as dl_retry
 from ecephys_pipeline.download import state as dl_state
+from ecephys_pipeline.download.digests import Digester
 from ecephys_pipeline.download.http import parse_retry_after
 from ecephys_pipeline.download.record import read_json
 from ecephys_pipeline.lockfile import (
@@ -367,6 +368,35 @@ def test_bandwidth_capped_parallel_ranges(fake, dataset, tmp_path, monkeypatch):
     gets = ranged(new_requests(fake, n0, 2))
     assert len([r for r in gets if r["status"] == 206 and r["range"] != "bytes=0-0"]) == 4
     assert elapsed < 0.75 * BIG / (3 * MiB)  # one capped connection needs 4 s, 4 need ~1 s
+
+
+def test_parallel_pieces_are_hashed_as_they_arrive_not_again_at_the_end(
+    fake, dataset, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(dl_ranges, "MIN_RANGE", MiB)
+    monkeypatch.setattr(dl_ranges, "PIECE", MiB)  # 12 MiB, 4 connections: 12 pieces
+    rehashed: list = []  # files hashed from disk (the real hashing still runs)
+    real_of_file = Digester.of_file
+
+    def of_file(*args, **kw):
+        rehashed.append(args)
+        return real_of_file(*args, **kw)
+
+    monkeypatch.setattr(Digester, "of_file", staticmethod(of_file))
+    # capped, and one response drops: pieces land over time, one of them in two attempts
+    fake.set_faults(
+        [{"kind": "bandwidth", "match": "session_2.nwb", "bytes_per_second": 6 * MiB},
+         {"kind": "drop_after", "match": "session_2.nwb", "times": 2, "bytes": MiB // 2}]
+    )  # fmt: skip
+    n0 = len(fake.requests)
+    dest = tmp_path / "s2.nwb"
+    rec = download_file(url(fake, 2), dest, options=fast(connections_per_file=4))
+    assert_clean_success(rec, dest, source(dataset, 2))
+    assert rehashed == []  # the digest followed the pieces: no second pass over the file
+    pieces = [r for r in ranged(new_requests(fake, n0, 2)) if r["range"] != "bytes=0-0"]
+    firsts = sorted(int(r["range"][6:].split("-")[0]) for r in pieces)
+    step = -(-source(dataset, 2).stat().st_size // 12)
+    assert [s for s in firsts if s % step == 0] == [i * step for i in range(12)]
 
 
 def test_parallel_attempts_that_progress_are_not_counted_as_failures(

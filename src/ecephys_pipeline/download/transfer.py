@@ -43,6 +43,7 @@ from .progress import Progress, fmt_bytes
 from .record import DownloadRecord
 from .retry import AttemptFailed, RangesUnsupported
 from .state import PartState, mismatches, verify, write_refusal
+from .writeback import Writeback
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +283,10 @@ class Transfer:
                 raise RangesUnsupported("the server does not answer Range requests with 206")
             self.check_remote_identity(info.size, info.etag)
             ranges.prepare(st, self.url, info, self.connections)
-        st.digest = None  # bytes land out of order: hash the whole file once at the end
-        run = ranges.ParallelRun(st, self.open_range, self.progress(st.total, st.kept()))
+        # the pieces are taken in file order; the run hashes the prefix as it fills (st.digest)
+        run = ranges.ParallelRun(
+            st, self.open_range, self.progress(st.total, st.kept()), self.connections
+        )
         run.fetch_all()
         self.fetched += run.fetched
         run.raise_failure()
@@ -350,8 +353,10 @@ class Transfer:
 
 
 class _Writer:
-    """Writes and hashes chunks, in order, in a helper thread; at most ``_PIPELINE_DEPTH``
-    chunks wait. After a write error it keeps draining, so the receiver never blocks."""
+    """Writes and hashes chunks, in order, in a helper thread (the dandi-etag's md5 in one more:
+    :meth:`Digester.in_two_threads`), starting their write-out to disk as it goes; at most
+    ``_PIPELINE_DEPTH`` chunks wait. After a write error it keeps draining, so the receiver
+    never blocks."""
 
     def __init__(self, path: Path, digest: Digester, name: str):
         self.path, self.digest = path, digest
@@ -371,7 +376,7 @@ class _Writer:
 
     def _run(self) -> None:
         try:
-            with open(self.path, "ab", buffering=0) as f:
+            with open(self.path, "ab", buffering=0) as f, self.digest.in_two_threads():
                 self._write_until_end(f)
         except BaseException as e:  # noqa: BLE001 - reported by the receiver
             self.error = self.error or e
@@ -379,6 +384,8 @@ class _Writer:
                 self._ended = self.q.get() is None
 
     def _write_until_end(self, f) -> None:
+        end = os.fstat(f.fileno()).st_size  # appending from here
+        writeback = Writeback(f.fileno(), end)
         while (chunk := self.q.get()) is not None:
             if self.error:
                 continue  # drain, so the receiver never blocks on a full queue
@@ -388,6 +395,8 @@ class _Writer:
                     view = view[f.write(view) :]
                 self.digest.update(chunk)
                 self.written += len(chunk)
+                end += len(chunk)
+                writeback.wrote_up_to(end)
             except BaseException as e:  # noqa: BLE001 - reported by the receiver
                 self.error = e
         self._ended = True
