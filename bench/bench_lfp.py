@@ -19,7 +19,7 @@ chunking for the full shape as in the released files. Then, each in a fresh chil
 Usage::
 
     .venv/bin/python bench/bench_lfp.py --workdir /tmp/bench_lfp [--samples 12000000]
-        [--channels 95] [--allensdk .venv-allensdk/bin/python]
+        [--channels 95] [--repeat N] [--baseline-src DIR] [--allensdk .venv-allensdk/bin/python]
 """
 
 from __future__ import annotations
@@ -253,10 +253,11 @@ def child_main(argv: list[str]) -> None:
     print(json.dumps(r))
 
 
-def run_child(*args: str, python: str | None = None) -> dict:
-    """Run one measurement in a fresh process (this file's ``--child``, or ``python -c CODE``
-    when ``python`` is given); its JSON result plus the 1-minute load average before and after."""
-    env = dict(os.environ, PYTHONPATH=str(HERE.parents[1] / "src"))
+def run_child(*args: str, python: str | None = None, src: Path | None = None) -> dict:
+    """Run one measurement in a fresh process (this file's ``--child`` with ``src`` (default:
+    this checkout's src/) as the package, or ``python -c CODE`` when ``python`` is given); its
+    JSON result plus the 1-minute load average before and after."""
+    env = dict(os.environ, PYTHONPATH=str(src or HERE.parents[1] / "src"))
     cmd = [python, "-c", *args] if python else [sys.executable, str(HERE), "--child", *args]
     load = os.getloadavg()[0]
     out = subprocess.run(cmd, capture_output=True, text=True, env=None if python else env)
@@ -290,6 +291,10 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=95, help="91, 94 or 95 (synthetic probes)")
     ap.add_argument("--allensdk", default=os.environ.get("ALLENSDK_PYTHON"))
     ap.add_argument("--repeat", type=int, default=1, help="convert + floor pairs (alternated)")
+    ap.add_argument(
+        "--baseline-src", type=Path,
+        help="also convert with the package in this src/ (e.g. `git archive` of an older commit)",
+    )  # fmt: skip
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
@@ -306,17 +311,24 @@ def main() -> None:
     store, floor = args.workdir / "store.zarr", args.workdir / "floor.zarr"
     run_child("read-h5py", str(lfp_nwb), str(pid))  # warm the page cache (not reported)
     rows: list[tuple[str, dict]] = []
-    ratios = []
+    ratios, base_ratios = [], []
     for _ in range(args.repeat):  # alternated, so a change of load hits both sides
         for p in (store, floor):
             shutil.rmtree(p, ignore_errors=True)
+        if args.baseline_src:
+            rows.append(("convert (baseline)", run_child(
+                "convert", str(lfp_nwb), str(session_nwb), str(store), src=args.baseline_src
+            )))  # fmt: skip
+            shutil.rmtree(store)
         rows.append(("convert", run_child("convert", str(lfp_nwb), str(session_nwb), str(store))))
         rows.append(("floor", run_child("floor", str(lfp_nwb), str(pid), str(floor))))
         ratios.append(rows[-2][1]["seconds"] / rows[-1][1]["seconds"])
+        if args.baseline_src:
+            base_ratios.append(rows[-3][1]["seconds"] / rows[-1][1]["seconds"])
     rows.append(("read-store", run_child("read-store", str(store))))
     rows.append(("read-h5py", run_child("read-h5py", str(lfp_nwb), str(pid))))
     if args.allensdk:
-        need = 2.2 * raw / 1e9 + 1.0
+        need = 1.3 * raw / 1e9 + 1.0  # measured: 4.9 GB peak for 4.56 GB of samples
         if mem_available_gb() < need:
             print(f"read-allensdk skipped: get_lfp loads the whole array; {need:.1f} GB needed, "
                   f"{mem_available_gb():.1f} GB available")  # fmt: skip
@@ -340,6 +352,8 @@ def main() -> None:
         f"store {du(store) / 1e9:.2f} GB (overview + CSD included), floor {du(floor) / 1e9:.2f} GB"
     )
     print("convert / floor = " + ", ".join(f"{x:.2f}" for x in ratios))
+    if base_ratios:
+        print("convert (baseline) / floor = " + ", ".join(f"{x:.2f}" for x in base_ratios))
     if "read-allensdk" in dict(rows):
         ratio = dict(rows)["read-allensdk"]["seconds"] / r["seconds"]
         print(f"get_lfp window / store window = {ratio:.0f}x")
