@@ -5,16 +5,20 @@ the synthetic dataset's LFP file (Allen layout, opens in AllenSDK) of a probe wi
 ``--channels`` LFP channels, its data and timestamps replaced, block by block, by ``--samples``
 rows of realistic float32 LFP (bench_lfp_codec.realistic_lfp), gzip 9 with h5py's default
 chunking for the full shape as in the released files. Then, each in a fresh child process
-(wall time inside the child, peak RSS from ``getrusage(RUSAGE_SELF).ru_maxrss``):
+(wall and CPU time inside the child, peak RSS = the child's ``VmHWM``, the 1-minute load
+average before and after it):
 
 * ``convert``  ``lfp.convert_lfp(lfp_nwb, session_nwb, store)`` (full rate, overview, CSD);
+  ``--baseline-src`` adds the same with another checkout's package, before each ``convert``;
 * ``floor``    the same NWB read with h5py in the same blocks and written with the same codec and
   chunk shape to a bare Zarr array: the cost of I/O + encoding with no logic at all;
 * ``read-store`` / ``read-h5py`` / ``read-allensdk``: 10 s x 24 channels at a random offset
   (imports done before the clock starts)
-  from the store (``xr.open_zarr(store).lfp.isel(...)``, opening included), from the NWB with
-  h5py (``data[a:b, c:d]``), and with AllenSDK 2.16.2 (``session.get_lfp(pid)`` then the same
-  ``isel``; the session object is built before the clock starts).
+  from the store (``xr.open_zarr(store).lfp.isel(...)``, opening included; ``(no index)``:
+  opened with ``create_default_indexes=False``, so the 12 M-sample time coordinate is not
+  loaded whole), from the NWB with h5py (``data[a:b, c:d]``), and with AllenSDK 2.16.2
+  (``session.get_lfp(pid)`` then the same ``isel``; the session object is built before the
+  clock starts).
 
 Usage::
 
@@ -183,22 +187,27 @@ def _window(n: int, n_ch: int) -> tuple[int, int]:
     return a, c
 
 
-def child_read_store(store: str) -> dict:
+def child_read_store(store: str, indexes: str = "default") -> dict:
+    """The window from the store; ``indexes="none"`` opens it without xarray's default indexes
+    (the time coordinate is then read for the window only, not loaded whole into an index)."""
     import xarray as xr
     import zarr  # noqa: F401 - imported before the clock starts, as in a session that uses it
 
     t = time.perf_counter()
-    lfp = xr.open_zarr(store).lfp  # reads the metadata and the time + channel coordinates
+    # reads the metadata and the channel coordinates, and by default the whole time coordinate
+    lfp = xr.open_zarr(store, create_default_indexes=indexes == "default").lfp
     opened = time.perf_counter()
     a, c = _window(*lfp.shape)
     x = lfp.isel(time=slice(a, a + int(WINDOW_S * 1250)), channel=slice(c, c + WINDOW_CHANNELS))
     values = x.values
+    times = x.time.values  # the window's times (already in memory with the default index)
     done = time.perf_counter()
     return {
         "seconds": done - t,
         "open_seconds": opened - t,
         "window_seconds": done - opened,
         "sum": float(np.float64(values).sum()),
+        "first_time": float(times[0]),
     }
 
 
@@ -290,7 +299,10 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=12_000_000)
     ap.add_argument("--channels", type=int, default=95, help="91, 94 or 95 (synthetic probes)")
     ap.add_argument("--allensdk", default=os.environ.get("ALLENSDK_PYTHON"))
-    ap.add_argument("--repeat", type=int, default=1, help="convert + floor pairs (alternated)")
+    ap.add_argument(
+        "--repeat", type=int, default=1,
+        help="convert + floor pairs (alternated); 0: only the reads, of the store in --workdir",
+    )  # fmt: skip
     ap.add_argument(
         "--baseline-src", type=Path,
         help="also convert with the package in this src/ (e.g. `git archive` of an older commit)",
@@ -309,6 +321,8 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load {os.getloadavg()}")  # fmt: skip
     store, floor = args.workdir / "store.zarr", args.workdir / "floor.zarr"
+    if args.repeat < 1 and not (store / ".zgroup").is_file():
+        raise SystemExit(f"--repeat 0 reads the store of an earlier run, and {store} is not one")
     run_child("read-h5py", str(lfp_nwb), str(pid))  # warm the page cache (not reported)
     rows: list[tuple[str, dict]] = []
     ratios, base_ratios = [], []
@@ -326,6 +340,7 @@ def main() -> None:
         if args.baseline_src:
             base_ratios.append(rows[-3][1]["seconds"] / rows[-1][1]["seconds"])
     rows.append(("read-store", run_child("read-store", str(store))))
+    rows.append(("read-store (no index)", run_child("read-store", str(store), "none")))
     rows.append(("read-h5py", run_child("read-h5py", str(lfp_nwb), str(pid))))
     if args.allensdk:
         need = 1.3 * raw / 1e9 + 1.0  # measured: 4.9 GB peak for 4.56 GB of samples
@@ -344,19 +359,21 @@ def main() -> None:
         cpu = f"{r['cpu_seconds']:.1f}" if "cpu_seconds" in r else ""
         load = f"{r['load'][0]:.2f} → {r['load'][1]:.2f}"
         print(f"| {name} | {r['seconds']:.3f} | {cpu} | {r['maxrss_mib']:.0f} | {load} |")
-    r = dict(rows)["read-store"]
-    print(f"read-store = open {r['open_seconds']:.3f} s + window {r['window_seconds']:.3f} s")
+    for name in ("read-store", "read-store (no index)"):
+        r = dict(rows)[name]
+        print(f"{name} = open {r['open_seconds']:.3f} s + window {r['window_seconds']:.3f} s")
     sums = {r["sum"] for k, r in rows if k.startswith("read")}
     print(f"window sums agree: {len(sums) == 1} ({sums})")
-    print(
-        f"store {du(store) / 1e9:.2f} GB (overview + CSD included), floor {du(floor) / 1e9:.2f} GB"
-    )
-    print("convert / floor = " + ", ".join(f"{x:.2f}" for x in ratios))
+    if ratios:
+        print(f"store {du(store) / 1e9:.2f} GB (overview + CSD included), "
+              f"floor {du(floor) / 1e9:.2f} GB")  # fmt: skip
+        print("convert / floor = " + ", ".join(f"{x:.2f}" for x in ratios))
     if base_ratios:
         print("convert (baseline) / floor = " + ", ".join(f"{x:.2f}" for x in base_ratios))
     if "read-allensdk" in dict(rows):
-        ratio = dict(rows)["read-allensdk"]["seconds"] / r["seconds"]
-        print(f"get_lfp window / store window = {ratio:.0f}x")
+        for name in ("read-store", "read-store (no index)"):
+            ratio = dict(rows)["read-allensdk"]["seconds"] / dict(rows)[name]["seconds"]
+            print(f"get_lfp window / {name} = {ratio:.0f}x")
 
 
 if __name__ == "__main__":
