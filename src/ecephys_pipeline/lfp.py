@@ -418,8 +418,9 @@ def _read_ahead(
 ) -> Iterator[tuple[int, Any, Any]]:
     """``(start, data rows, float64 timestamps)`` of consecutive blocks of ``block`` rows; the
     next block is read (h5py releases the GIL while HDF5 reads and decompresses) in a thread
-    while the caller encodes and writes this one. At most two blocks are held. A block HDF5
-    cannot read or decompress is an :class:`NwbError` naming the rows."""
+    while the caller encodes and writes this one: this block and the next are held here (and
+    the previous one until the caller lets it go). A block HDF5 cannot read or decompress is an
+    :class:`NwbError` naming the rows."""
     n = data.shape[0]
 
     def read(a: int) -> tuple[int, Any, Any]:
