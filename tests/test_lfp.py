@@ -237,3 +237,44 @@ def test_failure_mid_conversion_leaves_no_partial_store(synth_dataset, tmp_path)
     with pytest.raises(NwbError, match="CSD data"):
         lfp.convert_lfp(broken, session, out)
     assert list(out.parent.iterdir()) == []
+
+
+def test_samples_that_do_not_decode_mid_file_fail_in_one_line(synth_dataset, tmp_path):
+    """A corrupt compressed chunk in the middle of the samples (the download check decodes only
+    the first and last blocks) fails in the read-ahead thread; the caller gets one line."""
+    path, session = lfp_files(Path(synth_dataset))[0]
+    broken = tmp_path / "broken_lfp.nwb"
+    broken.write_bytes(path.read_bytes())
+    pid = nwb_lfp(path)["probe_id"]
+    with h5py.File(broken, "r") as f:
+        data = f[f"acquisition/probe_{pid}_lfp/probe_{pid}_lfp_data/data"]
+        n = data.shape[0]
+        info = data.id.get_chunk_info_by_coord((n // 2 // data.chunks[0] * data.chunks[0], 0))
+    with open(broken, "r+b") as fh:  # garbage in the middle of one deflate stream
+        fh.seek(info.byte_offset + info.size // 2)
+        fh.write(bytes(range(256)) * max(1, info.size // 1024))
+    out = tmp_path / "stores" / "p.zarr"
+    with pytest.raises(NwbError, match="LFP rows .* do not decode .*download it again") as e:
+        lfp.convert_lfp(broken, session, out, time_chunk=500, block_chunks=2)
+    assert "\n" not in str(e.value)
+    assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("sizes", [[3, 5, 20, 1, 0, 9, 2], [7, 7, 7], [6], [0, 15, 6, 50]])
+def test_chunk_rows_writes_whole_chunks_then_the_rest(tmp_path, sizes):
+    import zarr
+
+    rng = np.random.default_rng(len(sizes))
+    x = rng.normal(size=(sum(sizes), 2))
+    arr = zarr.create_array(store=str(tmp_path / "a.zarr"), shape=x.shape, chunks=(7, 2),
+                            dtype=x.dtype, zarr_format=2, fill_value=None)  # fmt: skip
+    rows = lfp.ChunkRows(arr)
+    a = 0
+    for k in sizes:
+        rows.append(x[a : a + k])
+        a += k
+        # only whole chunks are written before close; fewer than a chunk is held back
+        assert rows.rows % 7 == 0 and rows.rows <= a < rows.rows + 7
+        assert np.array_equal(arr[: rows.rows], x[: rows.rows])
+    assert rows.close() == len(x)
+    assert np.array_equal(arr[:], x)

@@ -27,6 +27,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -368,27 +371,34 @@ def convert_lfp(
                 attributes={DIMENSIONS: ["time", "channel"], **_series_attrs(src)},
                 config={"write_empty_chunks": True},
             )
-            over_time = np.empty(n_over, dtype=np.float64)
+            over_time = over_group.create_array(
+                name="time",
+                shape=(n_over,),
+                chunks=(min(time_chunk * 64, max(n_over, 1)),),
+                dtype=np.float64,
+                compressors=compressor(),
+                fill_value=None,
+                attributes={DIMENSIONS: ["time"], "units": "s"},
+                config={"write_empty_chunks": True},
+            )
             _channel_coords(over_group, src.channels)
             decimator = Decimator(overview_factor, n)
-            block = time_chunk * block_chunks
-            written = 0
-            for a in range(0, n, block):
-                b = min(a + block, n)
-                x = data[a:b]
-                t = timestamps[a:b].astype(np.float64, copy=False)
-                full[a:b] = x
-                time[a:b] = t
-                over_time[-(-a // overview_factor) : -(-b // overview_factor)] = t[
-                    (-a) % overview_factor :: overview_factor
-                ]
-                y = decimator.push(x)
-                over[written : written + len(y)] = y
-                written += len(y)
-            if written != n_over:
-                raise AssertionError(f"overview has {written} rows, expected {n_over}")
-            _array(over_group, "time", over_time, ["time"], {"units": "s"},
-                   chunks=(min(time_chunk * 64, max(n_over, 1)),))  # fmt: skip
+            time_rows, over_rows = ChunkRows(time), ChunkRows(over)
+            over_time_rows = ChunkRows(over_time)
+            blocks = _read_ahead(src.path, data, timestamps, time_chunk * block_chunks)
+            with closing(blocks):
+                for a, x, t in blocks:
+                    full[a : a + len(x)] = x  # whole time chunks: each is encoded once
+                    time_rows.append(t)
+                    # the overview's sample k is centred on full-rate sample factor * k
+                    over_time_rows.append(t[(-a) % overview_factor :: overview_factor])
+                    over_rows.append(decimator.push(x))
+            time_rows.close()
+            if over_rows.close() != n_over or over_time_rows.close() != n_over:
+                raise AssertionError(
+                    f"overview has {over_rows.rows} rows and {over_time_rows.rows} times, "
+                    f"expected {n_over}"
+                )
             _write_csd(f, root, src)
         zarr.consolidate_metadata(str(tmp))
         _fix_permissions(tmp)
@@ -401,6 +411,69 @@ def convert_lfp(
         raise
     log.info("%s -> %s (%d x %d samples)", src.path.name, out, n, n_ch)
     return out
+
+
+def _read_ahead(
+    path: Path, data: Any, timestamps: Any, block: int
+) -> Iterator[tuple[int, Any, Any]]:
+    """``(start, data rows, float64 timestamps)`` of consecutive blocks of ``block`` rows; the
+    next block is read (h5py releases the GIL while HDF5 reads and decompresses) in a thread
+    while the caller encodes and writes this one: this block and the next are held here (and
+    the previous one until the caller lets it go). A block HDF5 cannot read or decompress is an
+    :class:`NwbError` naming the rows."""
+    n = data.shape[0]
+
+    def read(a: int) -> tuple[int, Any, Any]:
+        b = min(a + block, n)
+        try:
+            return a, data[a:b], timestamps[a:b].astype(np.float64, copy=False)
+        except OSError as e:
+            raise NwbError(
+                f"{path}: LFP rows {a}-{b} do not decode (h5py: {e}); the file is corrupt: "
+                "delete it and download it again"
+            ) from e
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lfp-read") as pool:
+        pending = pool.submit(read, 0) if n else None
+        while pending is not None:
+            a, x, t = pending.result()
+            pending = pool.submit(read, a + block) if a + block < n else None
+            yield a, x, t
+
+
+class ChunkRows:
+    """Rows appended to a Zarr array from its first row on, written a whole time chunk at a time
+    (a partial chunk written twice would be read back, decoded and encoded again); the rest on
+    :meth:`close`. Holds less than one chunk plus the last appended rows."""
+
+    def __init__(self, array: Any):
+        self.array = array
+        self.chunk = array.chunks[0]
+        self.rows = 0  # rows written
+        self.pending: list[np.ndarray] = []
+        self.n_pending = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        if rows.base is not None:
+            rows = rows.copy()  # a view held here would keep its whole base array alive
+        self.pending.append(rows)
+        self.n_pending += len(rows)
+        if self.n_pending >= self.chunk:
+            self._write(self.n_pending - self.n_pending % self.chunk)
+
+    def close(self) -> int:
+        """Write what is left; the number of rows written in all."""
+        self._write(self.n_pending)
+        return self.rows
+
+    def _write(self, k: int) -> None:
+        if k == 0:
+            return
+        rows = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
+        self.array[self.rows : self.rows + k] = rows[:k]
+        self.rows += k
+        self.pending = [rows[k:].copy()] if k < len(rows) else []
+        self.n_pending = len(rows) - k
 
 
 def _fix_permissions(root: Path) -> None:
