@@ -82,13 +82,6 @@ class Mirrors:
                 found.append(Source.from_entry(entry, what=f"mirrors[{i}]", kinds=MIRROR_KINDS))
         return cls(tuple(found), dandi_url, versions, verify)
 
-    def describe(self) -> str:
-        return ", then ".join(f"{s.kind} ({s.url})" for s in self.sources)
-
-    def listing_files(self, cache_dir: str | Path) -> list[Path]:
-        """Where the pinned listings are kept (the workflow's ``dandi_listing`` outputs)."""
-        return listing_files(self.versions, cache_dir)
-
     def listing(
         self, cache_dir: str | Path, *, policy: rma.RetryPolicy | None = None, keep: bool = True
     ) -> dandi.Listing | None:
@@ -155,7 +148,7 @@ def fetch_nwb(
             pinned["sha256"],
             published["sha256"],
         )
-    klass = "session" if probe_id is None else "lfp"
+    klass = _class_of(probe_id)
     before = _inode(dest)
     failures: list[tuple[Source, Exception]] = []
     for src in mirrors.sources:
@@ -205,6 +198,11 @@ def _pinned(dest: Path, rel: str, lock_file, cache_dir, mirrors: Mirrors) -> dic
     return entry
 
 
+def _class_of(probe_id: int | None) -> str:
+    """The class of file whose agreement with DANDI is counted together."""
+    return "session" if probe_id is None else "lfp"
+
+
 def _inode(path: Path) -> int | None:
     try:
         return path.stat().st_ino
@@ -238,8 +236,7 @@ def _after_refusal(e, src, dest, session_id, probe_id, held, pinned, cache_dir):
         return None
     if nwb.file_problem(Path(aside), session_id, probe_id) is not None:
         return None  # corrupt, not re-packaged
-    klass = "session" if probe_id is None else "lfp"
-    rel = layout.nwb_path(session_id, probe_id)
+    klass, rel = _class_of(probe_id), layout.nwb_path(session_id, probe_id)
     note_agreement(cache_dir, src.kind, klass, rel, agrees=False)
     if not repackaged(cache_dir, src.kind, klass) or dest.exists():
         return None

@@ -142,12 +142,7 @@ def _download(
     t = Transfer(url, state, exp, session, options, sink, check)
     n = options.connections_per_file
     log.info("downloading %s from %s%s", dest.name, url, f" with {n} connections" if n > 1 else "")
-    policy = RetryPolicy(
-        max_attempts=options.max_attempts,
-        backoff_base_s=options.backoff_base_s,
-        backoff_max_s=options.backoff_max_s,
-        start_bytes=state.kept(),
-    )
+    policy = _policy(options, start_bytes=state.kept())
     t0 = time.monotonic()
     while True:
         try:
@@ -167,6 +162,16 @@ def _download(
     raise _final_error(url, state, policy)
 
 
+def _policy(options: Options, *, start_bytes: int = 0) -> RetryPolicy:
+    """The retry decision of one transfer or request, tuned by ``options``."""
+    return RetryPolicy(
+        max_attempts=options.max_attempts,
+        backoff_base_s=options.backoff_base_s,
+        backoff_max_s=options.backoff_max_s,
+        start_bytes=start_bytes,
+    )
+
+
 def remote_size_retried(
     url: str,
     *,
@@ -176,11 +181,8 @@ def remote_size_retried(
     """The size of ``url`` (HEAD, else a one-byte GET; None if the server will not say), asked
     like a download: resets, timeouts, 408/429/5xx retried with backoff and ``Retry-After``,
     bounded by ``options.max_attempts``; the final DownloadError lists every attempt."""
-    policy = RetryPolicy(
-        max_attempts=options.max_attempts,
-        backoff_base_s=options.backoff_base_s,
-        backoff_max_s=options.backoff_max_s,
-    )
+    policy = _policy(options)
+    reasons: list[str] = []
     while True:
         try:
             return remote_info(url, session, timeout=options.timeout).size
@@ -188,12 +190,13 @@ def remote_size_retried(
             fail = getattr(e, "failure", None) or AttemptFailed(str(e), fatal=True)
         except NETWORK_ERRORS as e:
             fail = AttemptFailed(f"{type(e).__name__}: {short_exc(e)}")
+        reasons.append(f"attempt {len(reasons) + 1}: {fail.reason}")
         delay = policy.after(fail, 0, None)
         if delay is None:
-            n = len(policy.history)
+            n = len(reasons)
             raise DownloadError(
                 f"cannot get the size of {url} ({n} attempt{'s' if n != 1 else ''}):\n  "
-                + "\n  ".join(h.split("; .part has")[0] for h in policy.history)
+                + "\n  ".join(reasons)
             )
         log.warning("size of %s: %s; retrying in %.1f s", url, fail.reason, delay)
         time.sleep(delay)
