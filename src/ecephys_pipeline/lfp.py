@@ -248,20 +248,30 @@ def mask_tags(probe_name: str) -> list[str]:
 def _array(group: Any, name: str, data: np.ndarray, dims: list[str], attrs: dict | None = None,
            chunks: tuple[int, ...] | None = None) -> Any:  # fmt: skip
     """A small array written at once (coordinates, CSD)."""
-    dtype = str if data.dtype == object else data.dtype
-    arr = group.create_array(
+    text = data.dtype == object
+    arr = _empty_array(
+        group, name, data.shape, chunks or data.shape or (1,), str if text else data.dtype, dims,
+        attrs, compressed=not text,
+    )  # fmt: skip
+    if data.size:
+        arr[...] = data
+    return arr
+
+
+def _empty_array(group: Any, name: str, shape: tuple[int, ...], chunks: tuple[int, ...],
+                 dtype: Any, dims: list[str], attrs: dict | None = None, *,
+                 compressed: bool = True) -> Any:  # fmt: skip
+    """An array of the store (the one codec, every chunk written), to be filled by the caller."""
+    return group.create_array(
         name=name,
-        shape=data.shape,
-        chunks=chunks or data.shape or (1,),
+        shape=shape,
+        chunks=chunks,
         dtype=dtype,
-        compressors=compressor() if data.dtype != object else None,
+        compressors=compressor() if compressed else None,
         fill_value=None,
         attributes={DIMENSIONS: dims, **(attrs or {})},
         config={"write_empty_chunks": True},
     )
-    if data.size:
-        arr[...] = data
-    return arr
 
 
 def _channel_coords(group: Any, channels: dict[str, np.ndarray]) -> None:
@@ -337,50 +347,25 @@ def convert_lfp(
             root = zarr.open_group(store=str(tmp), mode="w", zarr_format=2)
             root.attrs.update(_root_attrs(src, source_sha256, n))
             chunks = (min(time_chunk, max(n, 1)), min(channel_chunk, max(n_ch, 1)))
-            full = root.create_array(
-                name="lfp",
-                shape=(n, n_ch),
-                chunks=chunks,
-                dtype=data.dtype,
-                compressors=compressor(),
-                fill_value=None,
-                attributes={DIMENSIONS: ["time", "channel"], **_series_attrs(src)},
-                config={"write_empty_chunks": True},
+            full = _empty_array(
+                root, "lfp", (n, n_ch), chunks, data.dtype, ["time", "channel"], _series_attrs(src)
             )
-            time = root.create_array(
-                name="time",
-                shape=(n,),
-                chunks=(min(time_chunk * 64, max(n, 1)),),
-                dtype=np.float64,
-                compressors=compressor(),
-                fill_value=None,
-                attributes={DIMENSIONS: ["time"], "units": "s", "long_name": "master clock"},
-                config={"write_empty_chunks": True},
-            )
+            time = _empty_array(
+                root, "time", (n,), (min(time_chunk * 64, max(n, 1)),), np.float64, ["time"],
+                {"units": "s", "long_name": "master clock"},
+            )  # fmt: skip
             _channel_coords(root, src.channels)
             over_group = root.create_group("overview")
             over_group.attrs.update(_overview_attrs(src, overview_factor))
             n_over = -(-n // overview_factor)
-            over = over_group.create_array(
-                name="lfp",
-                shape=(n_over, n_ch),
-                chunks=(min(time_chunk, max(n_over, 1)), chunks[1]),
-                dtype=np.float32,
-                compressors=compressor(),
-                fill_value=None,
-                attributes={DIMENSIONS: ["time", "channel"], **_series_attrs(src)},
-                config={"write_empty_chunks": True},
-            )
-            over_time = over_group.create_array(
-                name="time",
-                shape=(n_over,),
-                chunks=(min(time_chunk * 64, max(n_over, 1)),),
-                dtype=np.float64,
-                compressors=compressor(),
-                fill_value=None,
-                attributes={DIMENSIONS: ["time"], "units": "s"},
-                config={"write_empty_chunks": True},
-            )
+            over = _empty_array(
+                over_group, "lfp", (n_over, n_ch), (min(time_chunk, max(n_over, 1)), chunks[1]),
+                np.float32, ["time", "channel"], _series_attrs(src),
+            )  # fmt: skip
+            over_time = _empty_array(
+                over_group, "time", (n_over,), (min(time_chunk * 64, max(n_over, 1)),),
+                np.float64, ["time"], {"units": "s"},
+            )  # fmt: skip
             _channel_coords(over_group, src.channels)
             decimator = Decimator(overview_factor, n)
             time_rows, over_rows = ChunkRows(time), ChunkRows(over)
