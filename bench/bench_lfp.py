@@ -9,7 +9,8 @@ chunking for the full shape as in the released files. Then, each in a fresh chil
 average before and after it):
 
 * ``convert``  ``lfp.convert_lfp(lfp_nwb, session_nwb, store)`` (full rate, overview, CSD);
-  ``--baseline-src`` adds the same with another checkout's package, before each ``convert``;
+  ``--baseline-src`` adds the same with another checkout's package, before each ``convert``
+  (its store is kept beside, ``store-baseline.zarr``, and read like ours);
 * ``floor``    the same NWB read with h5py in the same blocks and written with the same codec and
   chunk shape to a bare Zarr array: the cost of I/O + encoding with no logic at all;
 * ``read-store`` / ``read-h5py`` / ``read-allensdk``: 10 s x 24 channels at a random offset
@@ -18,12 +19,15 @@ average before and after it):
   opened with ``create_default_indexes=False``, so the 12 M-sample time coordinate is not
   loaded whole), from the NWB with h5py (``data[a:b, c:d]``), and with AllenSDK 2.16.2
   (``session.get_lfp(pid)`` then the same ``isel``; the session object is built before the
-  clock starts).
+  clock starts). The store reads are repeated in ``--reads`` fresh children (median reported,
+  with min and max): the open of a full-size store takes tenths of a second, where one
+  scheduler hiccup on a shared machine shows.
 
 Usage::
 
     .venv/bin/python bench/bench_lfp.py --workdir /tmp/bench_lfp [--samples 12000000]
-        [--channels 95] [--repeat N] [--baseline-src DIR] [--allensdk .venv-allensdk/bin/python]
+        [--channels 95] [--repeat N] [--reads N] [--baseline-src DIR]
+        [--allensdk .venv-allensdk/bin/python]
 """
 
 from __future__ import annotations
@@ -277,6 +281,14 @@ def run_child(*args: str, python: str | None = None, src: Path | None = None) ->
     return r
 
 
+def median_child(n: int, *args: str) -> dict:
+    """:func:`run_child` ``n`` times: the run of median wall time, with ``n``, ``min``, ``max``."""
+    runs = sorted((run_child(*args) for _ in range(max(n, 1))), key=lambda r: r["seconds"])
+    mid = dict(runs[len(runs) // 2])
+    mid.update(n=len(runs), min=runs[0]["seconds"], max=runs[-1]["seconds"])
+    return mid
+
+
 def mem_available_gb() -> float:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
@@ -303,6 +315,7 @@ def main() -> None:
         "--repeat", type=int, default=1,
         help="convert + floor pairs (alternated); 0: only the reads, of the store in --workdir",
     )  # fmt: skip
+    ap.add_argument("--reads", type=int, default=5, help="fresh children per store read (median)")
     ap.add_argument(
         "--baseline-src", type=Path,
         help="also convert with the package in this src/ (e.g. `git archive` of an older commit)",
@@ -321,26 +334,29 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load {os.getloadavg()}")  # fmt: skip
     store, floor = args.workdir / "store.zarr", args.workdir / "floor.zarr"
+    base_store = args.workdir / "store-baseline.zarr"
     if args.repeat < 1 and not (store / ".zgroup").is_file():
         raise SystemExit(f"--repeat 0 reads the store of an earlier run, and {store} is not one")
     run_child("read-h5py", str(lfp_nwb), str(pid))  # warm the page cache (not reported)
     rows: list[tuple[str, dict]] = []
     ratios, base_ratios = [], []
     for _ in range(args.repeat):  # alternated, so a change of load hits both sides
-        for p in (store, floor):
+        for p in (store, floor, base_store):
             shutil.rmtree(p, ignore_errors=True)
         if args.baseline_src:
             rows.append(("convert (baseline)", run_child(
-                "convert", str(lfp_nwb), str(session_nwb), str(store), src=args.baseline_src
+                "convert", str(lfp_nwb), str(session_nwb), str(base_store), src=args.baseline_src
             )))  # fmt: skip
-            shutil.rmtree(store)
         rows.append(("convert", run_child("convert", str(lfp_nwb), str(session_nwb), str(store))))
         rows.append(("floor", run_child("floor", str(lfp_nwb), str(pid), str(floor))))
         ratios.append(rows[-2][1]["seconds"] / rows[-1][1]["seconds"])
         if args.baseline_src:
             base_ratios.append(rows[-3][1]["seconds"] / rows[-1][1]["seconds"])
-    rows.append(("read-store", run_child("read-store", str(store))))
-    rows.append(("read-store (no index)", run_child("read-store", str(store), "none")))
+    reads = [("read-store", (str(store),)), ("read-store (no index)", (str(store), "none"))]
+    if (base_store / ".zgroup").is_file():
+        reads.insert(1, ("read-store (baseline)", (str(base_store),)))
+    for name, child_args in reads:
+        rows.append((name, median_child(args.reads, "read-store", *child_args)))
     rows.append(("read-h5py", run_child("read-h5py", str(lfp_nwb), str(pid))))
     if args.allensdk:
         need = 1.3 * raw / 1e9 + 1.0  # measured: 4.9 GB peak for 4.56 GB of samples
@@ -359,9 +375,10 @@ def main() -> None:
         cpu = f"{r['cpu_seconds']:.1f}" if "cpu_seconds" in r else ""
         load = f"{r['load'][0]:.2f} → {r['load'][1]:.2f}"
         print(f"| {name} | {r['seconds']:.3f} | {cpu} | {r['maxrss_mib']:.0f} | {load} |")
-    for name in ("read-store", "read-store (no index)"):
+    for name, _ in reads:
         r = dict(rows)[name]
-        print(f"{name} = open {r['open_seconds']:.3f} s + window {r['window_seconds']:.3f} s")
+        print(f"{name} = open {r['open_seconds']:.3f} s + window {r['window_seconds']:.3f} s "
+              f"(median of {r['n']}; total min {r['min']:.3f}, max {r['max']:.3f})")  # fmt: skip
     sums = {r["sum"] for k, r in rows if k.startswith("read")}
     print(f"window sums agree: {len(sums) == 1} ({sums})")
     if ratios:
@@ -371,7 +388,7 @@ def main() -> None:
     if base_ratios:
         print("convert (baseline) / floor = " + ", ".join(f"{x:.2f}" for x in base_ratios))
     if "read-allensdk" in dict(rows):
-        for name in ("read-store", "read-store (no index)"):
+        for name, _ in reads:
             ratio = dict(rows)["read-allensdk"]["seconds"] / dict(rows)[name]["seconds"]
             print(f"get_lfp window / {name} = {ratio:.0f}x")
 
