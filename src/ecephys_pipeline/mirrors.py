@@ -93,6 +93,27 @@ class Mirrors:
         return dandi.load_listing(api, self.versions, cache_dir, policy=policy, keep=keep)
 
 
+@dataclass(frozen=True)
+class Fetching:
+    """What every fetch of NWB files takes from the config, built in one place: the mirrors,
+    the retry policy (``download.read_timeout_s``, ``download.max_attempts``), the download
+    options and the pinned DANDI versions' listing (None when DANDI is not used)."""
+
+    mirrors: Mirrors
+    policy: rma.RetryPolicy
+    options: download.Options
+    listing: dandi.Listing | None
+
+    @classmethod
+    def from_config(cls, config: Mapping, *, keep: bool = True) -> Fetching:
+        """``keep``: a listing fetched now is kept in the cache dir (False: the plan, which
+        writes nothing)."""
+        found = Mirrors.from_config(config)
+        policy = rma.RetryPolicy.from_config(config)
+        listing = found.listing(config["cache_dir"], policy=policy, keep=keep)
+        return cls(found, policy, download.Options.from_config(config["download"]), listing)
+
+
 def dandi_versions(config: Mapping) -> dict[str, str]:
     """The DANDI versions a run uses: dandi.versions when digests are verified or a mirror is
     DANDI, else none (read without touching any url_file: the workflow asks at parse time)."""

@@ -285,9 +285,7 @@ def plan_from_config(config: dict) -> tuple[dict, Plan]:
         )
     spec = selection.load_spec(config["selection"])
     chosen = selection.resolve(spec, tables).to_dict()
-    mirror_list = mirrors.Mirrors.from_config(config)
-    listing = mirror_list.listing(cache_dir, policy=policy, keep=False)
-    options = download.Options.from_config(config["download"])
+    f = mirrors.Fetching.from_config(config, keep=False)
     return chosen, make_plan(
-        chosen, mirror_list, cache_dir, listing=listing, options=options, policy=policy
+        chosen, f.mirrors, cache_dir, listing=f.listing, options=f.options, policy=f.policy
     )

@@ -33,15 +33,14 @@ settings = snakemake.config["download"]  # not params: they decide whether, not 
 if settings["preflight"]:
     try:
         config = snakemake.config  # mirrors decide where from, not what: no params
-        mirror_list = mirrors.Mirrors.from_config(config)
-        policy = rma.RetryPolicy.from_config(config)
+        f = mirrors.Fetching.from_config(config)
         the_plan = plan.make_plan(
             resolved,
-            mirror_list,
+            f.mirrors,
             cache_dir,
-            listing=mirror_list.listing(cache_dir, policy=policy),
-            options=download.Options.from_config(settings),
-            policy=policy,
+            listing=f.listing,
+            options=f.options,
+            policy=f.policy,
         )
         logging.info("plan:\n%s", the_plan.summary(resolved))
         plan.check_space(the_plan, reserve_bytes=int(settings["reserve_free_gb"] * 1e9))
