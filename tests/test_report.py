@@ -258,6 +258,11 @@ def test_a_smaller_selection_leaves_only_its_partitions_readable(demo_run, tmp_p
         assert rows == [(kept,)], dataset
         assert (workdir / f"results/stale/parquet/{dataset}/session_id={dropped}").is_dir()
     assert (workdir / f"results/stale/report/session_{dropped}/raster_psth.png").is_file()
+    # the LFP stores: the README's glob over results/lfp finds the kept session's only
+    stores = sorted((workdir / "results/lfp").glob("session_id=*/probe_id=*.zarr"))
+    assert stores and {s.parent.name for s in stores} == {f"session_id={kept}"}
+    retired = sorted((workdir / f"results/stale/lfp/session_id={dropped}").glob("*.zarr"))
+    assert retired and all((s / ".zgroup").is_file() for s in retired)
     cache = workdir / "resources/allen_cache"
     assert (cache / f"session_{dropped}/session_{dropped}.nwb").is_file(), "the cache is kept"
     manifest = json.loads((workdir / "results/manifest.json").read_text())
