@@ -252,7 +252,7 @@ def _after_refusal(e, src, dest, session_id, probe_id, held, pinned, cache_dir):
     """A copy refused for DANDI's digest alone, that is a valid NWB file of the right session or
     probe, counts as one disagreement of ``src`` with DANDI; when its class is then known to be
     re-packaged at ``src``, that copy is taken back (adopted without the published digest)."""
-    aside = getattr(e, "aside", None)
+    aside = e.aside
     if held is None or pinned is not None or aside is None or not Path(aside).exists():
         return None
     if nwb.file_problem(Path(aside), session_id, probe_id) is not None:
@@ -286,10 +286,14 @@ def _no_mirror(rel: str, failures: list, pinned, lock_file) -> Exception:
 # -- the agreement of each mirror's copies with DANDI's published digests, per class of file
 
 
+def _agreement_file(cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / layout.DANDI_DIR / AGREEMENT_FILE
+
+
 @contextlib.contextmanager
 def _agreement(cache_dir: str | Path) -> Iterator[dict]:
     """The agreement file, read and written back under an exclusive lock (concurrent jobs)."""
-    path = Path(cache_dir) / layout.DANDI_DIR / AGREEMENT_FILE
+    path = _agreement_file(cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{path}.lock", "a+") as lock:
         if fcntl is not None:
@@ -320,8 +324,7 @@ def note_agreement(cache_dir, mirror: str, klass: str, rel: str, *, agrees: bool
 
 def repackaged(cache_dir, mirror: str, klass: str) -> bool:
     """Whether ``mirror``'s files of ``klass`` are known to differ from DANDI's as a class."""
-    path = Path(cache_dir) / layout.DANDI_DIR / AGREEMENT_FILE
-    if not path.exists():
+    if not _agreement_file(cache_dir).exists():
         return False
     with _agreement(cache_dir) as doc:
         return _verdict(doc.get(f"{mirror}/{klass}") or {})

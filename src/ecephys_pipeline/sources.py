@@ -154,11 +154,10 @@ def _copy_local(src: Path, dest: Path, *, expected: dict | None, verify_hdf5: bo
     )
     if problems:
         aside = part.set_aside("mismatch")
-        err = download.ChecksumMismatchError(
-            f"{src} was not copied to {dest}: {'; '.join(problems)}; the copy is at {aside}"
+        raise download.ChecksumMismatchError(
+            f"{src} was not copied to {dest}: {'; '.join(problems)}; the copy is at {aside}",
+            aside=aside,
         )
-        err.aside = aside
-        raise err
     record = download.DownloadRecord(
         path=os.path.abspath(dest),
         size=digest.size,

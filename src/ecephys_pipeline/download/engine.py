@@ -187,7 +187,7 @@ def remote_size_retried(
         try:
             return remote_info(url, session, timeout=options.timeout).size
         except DownloadError as e:
-            fail = getattr(e, "failure", None) or AttemptFailed(str(e), fatal=True)
+            fail = e.failure or AttemptFailed(str(e), fatal=True)
         except NETWORK_ERRORS as e:
             fail = AttemptFailed(f"{type(e).__name__}: {short_exc(e)}")
         reasons.append(f"attempt {len(reasons) + 1}: {fail.reason}")
@@ -224,15 +224,16 @@ def _final_error(url: str, state: PartState, policy: RetryPolicy) -> DownloadErr
         if state.size()
         else f"Nothing was written to {dest}."
     )
-    cls = ChecksumMismatchError if policy.wrong_bytes else DownloadError
-    err = cls(
+    message = (
         f"could not download {dest.name} to {dest} from {url} "
         f"({len(history)} attempt{'s' if len(history) != 1 else ''}):\n  "
         + "\n  ".join(history)
         + f"\n{part_note}"
     )
-    err.aside = policy.last.aside if policy.last is not None else None
-    return err
+    if policy.wrong_bytes:
+        aside = policy.last.aside if policy.last is not None else None
+        return ChecksumMismatchError(message, aside=aside)
+    return DownloadError(message)
 
 
 def adopt_existing(
@@ -263,12 +264,11 @@ def adopt_existing(
         problems = verify(dest, digest, {}, verify_hdf5=verify_hdf5, check=check)
     if problems:
         aside = set_aside(dest, sha, "mismatch")
-        err = ChecksumMismatchError(
+        raise ChecksumMismatchError(
             f"existing file {dest} was not adopted: {'; '.join(problems)}. "
-            f"It was moved to {aside}; re-run to download it again."
+            f"It was moved to {aside}; re-run to download it again.",
+            aside=aside,
         )
-        err.aside = aside
-        raise err
     rec = DownloadRecord(
         path=str(Path(os.path.abspath(dest))),
         size=n,

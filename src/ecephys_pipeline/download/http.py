@@ -132,11 +132,10 @@ def remote_info(
         with probe(session, url, timeout) as r:
             info = info_from_probe(r)
             if info is None:
-                err = DownloadError(
-                    f"cannot get the size of {url}: HTTP {r.status_code} {r.reason}"
+                raise DownloadError(
+                    f"cannot get the size of {url}: HTTP {r.status_code} {r.reason}",
+                    failure=status_failure(r),  # what it means for another try
                 )
-                err.failure = status_failure(r)  # what it means for another try
-                raise err
             return info
     finally:
         if own:
